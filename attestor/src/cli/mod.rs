@@ -1,0 +1,46 @@
+//! Command-line surface. `main` maps every outcome to an exit code here, in one place:
+//! 0 success, 1 the operation failed (the error says why), 2 usage error.
+//!
+//! Each subcommand lives in its own file; this file only parses and dispatches.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "attestor",
+    version,
+    about = "eBPF-assisted Kubernetes workload attestor (a SPIRE k8s WorkloadAttestor plugin)",
+    long_about = None
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {}
+
+/// Parses the command line, runs the subcommand and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    match cli.command {
+        None => {
+            print_plugin_help();
+            0
+        }
+    }
+}
+
+fn print_plugin_help() {
+    println!(
+        "attestor is a SPIRE agent WorkloadAttestor plugin (\"k8s\") and an operator CLI.\n\
+         Run `attestor --help` for the subcommands."
+    );
+}

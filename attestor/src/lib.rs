@@ -1,0 +1,13 @@
+//! attestor: which pod and container is this PID, and what are its SPIRE `k8s` selectors?
+//!
+//! Data flows one way, one module per step:
+//!
+//! ```text
+//! pid ──tracker──▶ cgroup id + path ──locator──▶ pod UID + container ID
+//!     ──kubelet──▶ pod ──selectors──▶ k8s:… selectors
+//! ```
+//!
+//! `sys` is the only module with `unsafe` code (raw syscalls, each with a `SAFETY` note).
+
+pub mod cli;
+pub mod status;
