@@ -9,5 +9,9 @@
 //!
 //! `sys` is the only module with `unsafe` code (raw syscalls, each with a `SAFETY` note).
 
+pub mod cgroupfs;
 pub mod cli;
+pub mod sandbox;
 pub mod status;
+mod sys;
+pub mod tracker;

@@ -1,1 +1,53 @@
-fn main() {}
+//! Project tasks: `cargo xtask <command>`. One file per command.
+//!
+//! xtask never depends on the `attestor` crate: it must build (and build the eBPF object)
+//! on a machine where `attestor` cannot compile yet.
+
+mod bench;
+mod build_ebpf;
+mod demo;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "xtask",
+    about = "attestor build, test, demo and benchmark tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what the build and tests need (apt packages, rust-src, bpf-linker), idempotently.
+    Setup,
+    /// Build the kernel programs (attestor-ebpf) for bpfel-unknown-none into target/ebpf.
+    BuildEbpf(build_ebpf::Options),
+    /// Run the whole test suite (needs root: real eBPF, real cgroups).
+    Test(test::Options),
+    /// Demo without a cluster: start the tracker, spawn workloads in kubelet-style cgroups,
+    /// resolve them.
+    Demo,
+    /// Run the benchmarks and print the figures recorded in BENCHMARKS.md.
+    Bench(bench::Options),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run(),
+        Command::BuildEbpf(opts) => build_ebpf::run(&opts),
+        Command::Test(opts) => test::run(&opts),
+        Command::Demo => demo::run(),
+        Command::Bench(opts) => bench::run(&opts),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -3,6 +3,9 @@
 //!
 //! Each subcommand lives in its own file; this file only parses and dispatches.
 
+mod demo;
+mod resolve;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -18,7 +21,19 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Resolve a PID to its cgroup and show which source answered.
+    Resolve(resolve::ResolveArgs),
+    /// Demo without a cluster (needs root): tracker + workloads in kubelet-style cgroups.
+    Demo,
+}
+
+/// Output format shared by the subcommands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
 
 /// Parses the command line, runs the subcommand and returns the process exit code.
 pub fn main() -> i32 {
@@ -31,6 +46,8 @@ pub fn main() -> i32 {
         }
     };
     match cli.command {
+        Some(Command::Resolve(args)) => resolve::run(&args),
+        Some(Command::Demo) => demo::run(),
         None => {
             print_plugin_help();
             0

@@ -1,0 +1,82 @@
+//! `attestor resolve --pid <PID>`: PID → cgroup, and which source answered (operator tool).
+
+use crate::tracker::{Resolution, Tracker, TrackerMode, TrackerOptions};
+
+#[derive(Debug, clap::Args)]
+pub struct ResolveArgs {
+    /// Process to resolve (as the node sees it: host PID namespace).
+    #[arg(long, allow_negative_numbers = true)]
+    pub pid: i64,
+    /// Process tracking: auto (eBPF, else fallback), ebpf (required) or procfs.
+    #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
+    pub tracker: ModeArg,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = super::Output::Text)]
+    pub output: super::Output,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ModeArg {
+    Auto,
+    Ebpf,
+    Procfs,
+}
+
+impl From<ModeArg> for TrackerMode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Auto => TrackerMode::Auto,
+            ModeArg::Ebpf => TrackerMode::Ebpf,
+            ModeArg::Procfs => TrackerMode::Procfs,
+        }
+    }
+}
+
+pub fn json_of(r: &Resolution) -> serde_json::Value {
+    serde_json::json!({
+        "pid": r.pid,
+        "cgroup_id": r.cgroup_id,
+        "cgroup_path": &*r.cgroup_path,
+        "source": r.source.to_string(),
+        "elapsed_us": r.elapsed.as_micros() as u64,
+    })
+}
+
+pub fn run(args: &ResolveArgs) -> i32 {
+    let opts = TrackerOptions {
+        mode: args.tracker.into(),
+        ..TrackerOptions::default()
+    };
+    let tracker = match Tracker::start(&opts) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    match (tracker.resolve(args.pid), args.output) {
+        (Ok(r), super::Output::Text) => {
+            println!("pid:         {}", r.pid);
+            println!("cgroup id:   {}", r.cgroup_id);
+            println!("cgroup path: {}", r.cgroup_path);
+            println!("source:      {}", r.source);
+            println!("elapsed:     {:?}", r.elapsed);
+            0
+        }
+        (Ok(r), super::Output::Json) => {
+            println!("{}", json_of(&r));
+            0
+        }
+        (Err(e), super::Output::Text) => {
+            eprintln!("error: {e}");
+            1
+        }
+        (Err(e), super::Output::Json) => {
+            println!(
+                "{}",
+                serde_json::json!({"error": {"message": e.to_string()}})
+            );
+            1
+        }
+    }
+}

@@ -1,0 +1,483 @@
+//! PID → cgroup: which cgroup v2 cgroup is this process in, answered without racing on PIDs.
+//!
+//! Sources, in order:
+//! 1. **eBPF map** (`kernel.rs`): tgid → cgroup id kept by kernel programs through fork, exec,
+//!    exit and migration, seeded from `/proc` at start. An entry the kernel flagged as
+//!    possibly stale, or no entry (map full, leader exited early), means "unknown" → 2/3.
+//! 2. **`PIDFD_GET_INFO`** (Linux 6.13+): the cgroup id straight from a pidfd.
+//! 3. **`/proc/<pid>/cgroup`**, read while holding a pidfd.
+//!
+//! PID-reuse safety: `resolve` opens a pidfd first and checks after the lookup that the same
+//! process is still alive. While it lives its number cannot be reused, so the value read in
+//! between belonged to it. A process that exits during resolution gives
+//! [`ResolveError::Exited`], never another process's cgroup.
+//!
+//! This module stops at the cgroup; the container locator takes it from there.
+
+mod kernel;
+pub mod offsets;
+pub mod procfs;
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use attestor_common::{ProcEntry, flags, origin};
+
+use kernel::KernelTracker;
+pub use kernel::{KernelError, KernelStats};
+
+use crate::cgroupfs::{CgroupFs, CgroupFsError, ROOT_CGROUP_ID};
+use crate::sys;
+
+/// How processes are tracked (`tracker` config key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TrackerMode {
+    /// eBPF if it can be loaded, else the fallbacks with one warning saying why.
+    #[default]
+    Auto,
+    /// eBPF or fail at start.
+    Ebpf,
+    /// Never load eBPF (pidfd + /proc only).
+    Procfs,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrackerOptions {
+    pub mode: TrackerMode,
+    /// Size of the kernel map (processes); when full, new processes are answered by the fallback.
+    pub max_processes: u32,
+    /// aya-log level for kernel debug records (0 = off).
+    pub ebpf_log_level: u8,
+}
+
+impl Default for TrackerOptions {
+    fn default() -> Self {
+        TrackerOptions {
+            mode: TrackerMode::Auto,
+            max_processes: attestor_common::DEFAULT_MAX_PROCESSES,
+            ebpf_log_level: 0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("the eBPF tracker is required (tracker = \"ebpf\") but cannot be used: {0}")]
+    EbpfRequired(#[source] KernelError),
+    #[error(transparent)]
+    CgroupFs(#[from] CgroupFsError),
+    #[error("tracker_max_processes must be between 1 and {max}, got {got}")]
+    MapSize { got: u32, max: u32 },
+}
+
+/// Which source answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The kernel map; the entry was written at fork, exec, migration or by the start-up seed.
+    Ebpf(EntryOrigin),
+    /// `ioctl(PIDFD_GET_INFO)` (Linux 6.13+).
+    PidfdInfo,
+    /// `/proc/<pid>/cgroup` read under a pidfd.
+    ProcCgroup,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryOrigin {
+    Fork,
+    Exec,
+    Attach,
+    Seed,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Ebpf(o) => write!(
+                f,
+                "ebpf-map ({})",
+                match o {
+                    EntryOrigin::Fork => "written at fork",
+                    EntryOrigin::Exec => "written at exec",
+                    EntryOrigin::Attach => "written at cgroup migration",
+                    EntryOrigin::Seed => "seeded from /proc at start",
+                }
+            ),
+            Source::PidfdInfo => f.write_str("pidfd-info (PIDFD_GET_INFO)"),
+            Source::ProcCgroup => f.write_str("procfs (/proc/<pid>/cgroup under a pidfd)"),
+        }
+    }
+}
+
+/// The answer for one PID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    pub pid: i32,
+    pub cgroup_id: u64,
+    /// Path in the cgroup v2 hierarchy, e.g. `/kubepods.slice/…/cri-containerd-<id>.scope`.
+    pub cgroup_path: Arc<str>,
+    pub source: Source,
+    pub elapsed: Duration,
+}
+
+/// Why a PID could not be resolved. Each case is distinct so callers (and operators) can act.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResolveError {
+    #[error(
+        "pid 0 is not a process (the caller is not visible in this PID namespace; run with hostPID)"
+    )]
+    ZeroPid,
+    #[error("pid {0} is negative: not a process id")]
+    NegativePid(i64),
+    #[error("pid {0} is too large to be a process id")]
+    PidOutOfRange(i64),
+    #[error("no process with pid {0}")]
+    NoSuchProcess(i32),
+    #[error("pid {0} is a thread, not a process (thread-group leader)")]
+    NotALeader(i32),
+    #[error("pid {0} is a kernel thread: kernel threads are not workloads")]
+    KernelThread(i32),
+    #[error("pid {0} is a zombie (exited, not yet reaped): nothing to attest")]
+    Zombie(i32),
+    #[error("pid {0} is in the root cgroup: it is not in any container")]
+    RootCgroup(i32),
+    #[error(
+        "pid {0} exited while it was being resolved; its number may belong to another process now"
+    )]
+    Exited(i32),
+    #[error("pid {pid}: {source}")]
+    Cgroup { pid: i32, source: CgroupFsError },
+    #[error("pid {pid}: {op} failed: {source}")]
+    Io {
+        pid: i32,
+        op: &'static str,
+        source: io::Error,
+    },
+    #[error("pid {pid}: {path} has no cgroup v2 (0::) line")]
+    NoV2Line { pid: i32, path: String },
+    #[error(
+        "pid {pid}: /proc reports cgroup path {path:?} outside our cgroup namespace; run attestor in \
+         the host cgroup namespace"
+    )]
+    OutsideNamespace { pid: i32, path: String },
+}
+
+/// The PID tracker.
+pub struct Tracker {
+    kernel: Option<KernelTracker>,
+    /// Why eBPF is not used, if it is not.
+    fallback_reason: Option<String>,
+    cgroupfs: CgroupFs,
+    /// Whether PIDFD_GET_INFO works here (probed once at start).
+    pidfd_info: bool,
+}
+
+impl fmt::Debug for Tracker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tracker")
+            .field("ebpf", &self.kernel.is_some())
+            .field("fallback_reason", &self.fallback_reason)
+            .field("cgroup2_mount", &self.cgroupfs.mount_point())
+            .field("pidfd_info", &self.pidfd_info)
+            .finish()
+    }
+}
+
+/// Upper bound for the map size (4M processes ≈ 64 MiB of map).
+pub const MAX_PROCESSES_LIMIT: u32 = 4_194_304;
+
+impl Tracker {
+    /// Loads and attaches the kernel programs (unless `mode` is `Procfs`), then seeds the map
+    /// from `/proc`.
+    pub fn start(opts: &TrackerOptions) -> Result<Tracker, StartError> {
+        if opts.max_processes == 0 || opts.max_processes > MAX_PROCESSES_LIMIT {
+            return Err(StartError::MapSize {
+                got: opts.max_processes,
+                max: MAX_PROCESSES_LIMIT,
+            });
+        }
+        let cgroupfs = CgroupFs::discover()?;
+        let pidfd_info = probe_pidfd_info();
+        let (kernel, fallback_reason) = match opts.mode {
+            TrackerMode::Procfs => (
+                None,
+                Some("tracker = \"procfs\" in the configuration".to_string()),
+            ),
+            TrackerMode::Auto | TrackerMode::Ebpf => {
+                match KernelTracker::load(opts.max_processes, opts.ebpf_log_level) {
+                    Ok(k) => (Some(k), None),
+                    Err(e) if opts.mode == TrackerMode::Ebpf => {
+                        return Err(StartError::EbpfRequired(e));
+                    }
+                    Err(e) => {
+                        let fallback = if pidfd_info {
+                            "PIDFD_GET_INFO"
+                        } else {
+                            "/proc/<pid>/cgroup under a pidfd"
+                        };
+                        log::warn!(
+                            "eBPF process tracking is unavailable, using {fallback} instead: {e}"
+                        );
+                        (None, Some(e.to_string()))
+                    }
+                }
+            }
+        };
+        let tracker = Tracker {
+            kernel,
+            fallback_reason,
+            cgroupfs,
+            pidfd_info,
+        };
+        if tracker.kernel.is_some() {
+            tracker.seed();
+        }
+        Ok(tracker)
+    }
+
+    /// True when the kernel programs are loaded.
+    pub fn uses_ebpf(&self) -> bool {
+        self.kernel.is_some()
+    }
+
+    /// Why eBPF is not in use (None when it is).
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.fallback_reason.as_deref()
+    }
+
+    pub fn cgroupfs(&self) -> &CgroupFs {
+        &self.cgroupfs
+    }
+
+    /// Kernel map entries and counters, when eBPF is in use.
+    pub fn kernel_stats(&self) -> Option<(usize, u32, KernelStats)> {
+        self.kernel
+            .as_ref()
+            .map(|k| (k.entries(), k.max_entries, k.stats()))
+    }
+
+    /// Raw map entry for diagnostics and tests (`None`: not tracked or eBPF off).
+    pub fn map_entry(&self, pid: u32) -> Option<ProcEntry> {
+        self.kernel.as_ref()?.lookup(pid)
+    }
+
+    /// Resolves a PID to its cgroup. See the module doc for the guarantees.
+    pub fn resolve(&self, pid: i64) -> Result<Resolution, ResolveError> {
+        let started = Instant::now();
+        let pid = match pid {
+            0 => return Err(ResolveError::ZeroPid),
+            p if p < 0 => return Err(ResolveError::NegativePid(p)),
+            p => i32::try_from(p).map_err(|_| ResolveError::PidOutOfRange(p))?,
+        };
+        let pidfd = open_pidfd(pid)?;
+        check_process(pid)?;
+
+        let (cgroup_id, source) = match self.kernel.as_ref().and_then(|k| k.lookup(pid as u32)) {
+            Some(e) if e.flags & flags::UNKNOWN == 0 => {
+                (e.cgroup_id, Source::Ebpf(origin_of(e.origin)))
+            }
+            _ => self.fallback(pid, &pidfd)?,
+        };
+
+        // Same process still alive ⇒ the value above was its own (see module doc).
+        match sys::pidfd_exited(pidfd.as_fd()) {
+            Ok(false) => {}
+            Ok(true) => return Err(ResolveError::Exited(pid)),
+            Err(source) => {
+                return Err(ResolveError::Io {
+                    pid,
+                    op: "poll(pidfd)",
+                    source,
+                });
+            }
+        }
+        if cgroup_id == ROOT_CGROUP_ID {
+            return Err(ResolveError::RootCgroup(pid));
+        }
+        let cgroup_path = self
+            .cgroupfs
+            .path_of(cgroup_id)
+            .map_err(|source| ResolveError::Cgroup { pid, source })?;
+        if &*cgroup_path == "/" {
+            return Err(ResolveError::RootCgroup(pid));
+        }
+        Ok(Resolution {
+            pid,
+            cgroup_id,
+            cgroup_path,
+            source,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    fn fallback(&self, pid: i32, pidfd: &OwnedFd) -> Result<(u64, Source), ResolveError> {
+        if self.pidfd_info {
+            match sys::pidfd_cgroup_id(pidfd.as_fd()) {
+                Ok(Some(id)) => return Ok((id, Source::PidfdInfo)),
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                    return Err(ResolveError::Exited(pid));
+                }
+                // No cgroup id or an unexpected error: /proc can still answer.
+                Ok(None) | Err(_) => {}
+            }
+        }
+        let path = read_v2_path(pid)?;
+        let id = self.cgroupfs.id_of(&path).map_err(|source| match source {
+            CgroupFsError::OutsideMount { .. } if path.starts_with("/..") => {
+                ResolveError::OutsideNamespace {
+                    pid,
+                    path: path.clone(),
+                }
+            }
+            // The cgroup was removed between the read and the stat: the process moved or died.
+            CgroupFsError::Stat { ref source, .. } if source.kind() == io::ErrorKind::NotFound => {
+                ResolveError::Exited(pid)
+            }
+            source => ResolveError::Cgroup { pid, source },
+        })?;
+        Ok((id, Source::ProcCgroup))
+    }
+
+    /// Writes entries for processes that existed before the programs were attached.
+    /// Each seed is read under a pidfd, never overwrites a kernel-written entry, is flagged
+    /// unknown if the process's cgroup changed during the seed, and is withdrawn if the
+    /// process exited meanwhile (so its number cannot inherit it).
+    fn seed(&self) {
+        let Some(kernel) = &self.kernel else { return };
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            log::warn!(
+                "cannot list /proc: processes started before attestor are answered by the fallback"
+            );
+            return;
+        };
+        let (mut seeded, mut skipped) = (0usize, 0usize);
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Ok(pidfd) = sys::pidfd_open(pid) else {
+                continue;
+            };
+            if check_process(pid).is_err() {
+                continue; // kernel threads, zombies: never attested
+            }
+            let Ok(path) = read_v2_path(pid) else {
+                continue;
+            };
+            let Ok(id) = self.cgroupfs.id_of(&path) else {
+                continue;
+            };
+            if !kernel.seed(pid as u32, id) {
+                skipped += 1; // the kernel already wrote one (or the map is full)
+                continue;
+            }
+            seeded += 1;
+            let ours = ProcEntry {
+                cgroup_id: id,
+                origin: origin::SEED,
+                flags: 0,
+            };
+            if read_v2_path(pid).ok().as_deref() != Some(path.as_str()) {
+                kernel.mark_unknown(pid as u32, id);
+            }
+            if sys::pidfd_exited(pidfd.as_fd()).unwrap_or(true) {
+                kernel.remove_if(pid as u32, &ours);
+            }
+        }
+        log::debug!(
+            "seeded {seeded} processes from /proc ({skipped} already tracked by the kernel)"
+        );
+    }
+}
+
+fn origin_of(o: u32) -> EntryOrigin {
+    match o {
+        origin::FORK => EntryOrigin::Fork,
+        origin::EXEC => EntryOrigin::Exec,
+        origin::ATTACH => EntryOrigin::Attach,
+        _ => EntryOrigin::Seed,
+    }
+}
+
+fn open_pidfd(pid: i32) -> Result<OwnedFd, ResolveError> {
+    sys::pidfd_open(pid).map_err(|source| match source.raw_os_error() {
+        Some(libc::ESRCH) => ResolveError::NoSuchProcess(pid),
+        // pidfd_open refuses non-leader threads with EINVAL (ENOENT on some kernels).
+        Some(libc::EINVAL) | Some(libc::ENOENT) => {
+            if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                ResolveError::NotALeader(pid)
+            } else {
+                ResolveError::NoSuchProcess(pid)
+            }
+        }
+        _ => ResolveError::Io {
+            pid,
+            op: "pidfd_open",
+            source,
+        },
+    })
+}
+
+/// Kernel threads and zombies are refused with their own errors.
+fn check_process(pid: i32) -> Result<(), ResolveError> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound => ResolveError::Exited(pid),
+        _ => ResolveError::Io {
+            pid,
+            op: "read /proc/<pid>/stat",
+            source,
+        },
+    })?;
+    let info = procfs::parse_stat(&text).ok_or_else(|| ResolveError::Io {
+        pid,
+        op: "parse /proc/<pid>/stat",
+        source: io::Error::new(io::ErrorKind::InvalidData, "unexpected format"),
+    })?;
+    if info.kernel_thread {
+        return Err(ResolveError::KernelThread(pid));
+    }
+    if info.state == 'Z' || info.state == 'X' {
+        return Err(ResolveError::Zombie(pid));
+    }
+    Ok(())
+}
+
+fn read_v2_path(pid: i32) -> Result<String, ResolveError> {
+    let path = format!("/proc/{pid}/cgroup");
+    let text = std::fs::read_to_string(&path).map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound => ResolveError::Exited(pid),
+        _ => ResolveError::Io {
+            pid,
+            op: "read /proc/<pid>/cgroup",
+            source,
+        },
+    })?;
+    procfs::v2_path(&text)
+        .map(str::to_string)
+        .ok_or(ResolveError::NoV2Line { pid, path })
+}
+
+/// Whether `PIDFD_GET_INFO` answers with a cgroup id on this kernel (6.13+).
+fn probe_pidfd_info() -> bool {
+    let Ok(fd) = sys::pidfd_open(std::process::id() as i32) else {
+        return false;
+    };
+    matches!(sys::pidfd_cgroup_id(fd.as_fd()), Ok(Some(_)))
+}
+
+#[doc(hidden)]
+/// Test and demo helper: start `argv` directly inside the cgroup directory `dir`
+/// (`clone3(CLONE_INTO_CGROUP)`), returning the child's pid.
+pub fn spawn_into_cgroup(dir: &std::path::Path, argv: &[&str]) -> io::Result<i32> {
+    let d = std::fs::File::open(dir)?;
+    sys::spawn_into_cgroup(d.as_fd(), argv)
+}
