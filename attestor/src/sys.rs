@@ -133,10 +133,11 @@ pub fn raise_memlock_rlimit() -> io::Result<()> {
     Ok(())
 }
 
-/// `clone3(CLONE_INTO_CGROUP)` + exec, for tests and the demo: starts `argv` directly in the
-/// cgroup `cgroup_dir` (Linux 5.7). Returns the child's pid. The child execs immediately;
-/// only async-signal-safe calls happen between clone and exec.
-pub fn spawn_into_cgroup(cgroup_dir: BorrowedFd<'_>, argv: &[&str]) -> io::Result<i32> {
+/// `clone3(CLONE_INTO_CGROUP)`, for tests and the demo: starts a child directly in the cgroup
+/// `cgroup_dir` (Linux 5.7), optionally with a chosen pid (`set_tid`, Linux 5.5, needs
+/// CAP_SYS_ADMIN). With `argv` the child execs it; without, it waits in `pause()` until killed
+/// (a forked child that never execs). Returns the child's pid.
+pub fn spawn_into_cgroup(cgroup_dir: BorrowedFd<'_>, argv: Option<&[&str]>, pid: Option<i32>) -> io::Result<i32> {
     #[repr(C)]
     #[derive(Default)]
     struct CloneArgs {
@@ -154,21 +155,27 @@ pub fn spawn_into_cgroup(cgroup_dir: BorrowedFd<'_>, argv: &[&str]) -> io::Resul
     }
     const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
     let cargs: Vec<CString> = argv
+        .unwrap_or_default()
         .iter()
         .map(|a| CString::new(*a).map_err(io::Error::other))
         .collect::<io::Result<_>>()?;
     let mut ptrs: Vec<*const libc::c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
     ptrs.push(std::ptr::null());
     let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    let tid: [libc::pid_t; 1] = [pid.unwrap_or(0)];
     let mut args = CloneArgs {
         flags: CLONE_INTO_CGROUP,
         exit_signal: libc::SIGCHLD as u64,
         cgroup: cgroup_dir.as_raw_fd() as u64,
         ..Default::default()
     };
+    if pid.is_some() {
+        args.set_tid = tid.as_ptr() as u64;
+        args.set_tid_size = 1;
+    }
     // SAFETY: clone3 without CLONE_VM gives the child a copy of our address space; the child
-    // only calls execve (async-signal-safe) on pointers prepared before the clone, then
-    // _exit. `args` is a valid clone_args of the size passed.
+    // only calls execve/pause/_exit (async-signal-safe) on data prepared before the clone.
+    // `args` is a valid clone_args of the size passed and `tid` outlives the call.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_clone3,
@@ -178,14 +185,19 @@ pub fn spawn_into_cgroup(cgroup_dir: BorrowedFd<'_>, argv: &[&str]) -> io::Resul
     };
     match ret {
         0 => {
-            // SAFETY: child side: exec or exit, nothing else.
+            // SAFETY: child side: exec, or pause until killed; nothing else.
             unsafe {
+                if cargs.is_empty() {
+                    loop {
+                        libc::pause();
+                    }
+                }
                 libc::execve(ptrs[0], ptrs.as_ptr(), envp.as_ptr());
                 libc::_exit(127);
             }
         }
         r if r < 0 => Err(io::Error::last_os_error()),
-        pid => Ok(pid as i32),
+        child => Ok(child as i32),
     }
 }
 

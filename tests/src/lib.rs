@@ -1,1 +1,81 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests (real kernel, real cgroups, real processes).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Kernel-facing tests need root. In CI (`CI` set) not being root is a failure; elsewhere the
+/// test is skipped with a message.
+pub fn require_root() -> bool {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(str::to_string))
+        })
+        .unwrap_or_default();
+    if uid == "0" {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("this test needs root (real eBPF and cgroups); CI runs as root");
+    }
+    eprintln!("skipped: needs root");
+    false
+}
+
+/// Polls `f` until it returns Some or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The inode (= cgroup id) of a cgroup directory.
+pub fn cgroup_id(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).expect("stat cgroup dir").ino()
+}
+
+/// The process's `comm`.
+pub fn comm(pid: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim().to_string())
+}
+
+/// Children of `pid` (from /proc/<pid>/task/<pid>/children).
+pub fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .map(|s| s.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Kills and reaps a child of this process.
+pub fn kill_and_reap(pid: i32) {
+    let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        // A reaped child's /proc entry disappears; a zombie's stat shows Z.
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return,
+            Ok(s) if s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')) => {
+                reap(pid);
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+}
+
+/// waitpid(pid) through a tiny wrapper (std has no waitpid for non-Child pids).
+pub fn reap(pid: i32) {
+
+    let mut status = 0;
+    // SAFETY: `status` is a valid out-pointer.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+}

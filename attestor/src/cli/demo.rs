@@ -40,7 +40,7 @@ fn demo() -> Result<(), Box<dyn std::error::Error>> {
     )?;
 
     // 1. Started directly in its container cgroup, as runc does with clone3(CLONE_INTO_CGROUP).
-    let p1 = spawn_into_cgroup(&app, &["/bin/sleep", "30"])?;
+    let p1 = spawn_into_cgroup(&app, Some(&["/bin/sleep", "30"]), None)?;
     // 2. Started elsewhere, then moved by writing cgroup.procs (older runtimes).
     let mut c2 = Command::new("sleep")
         .arg("30")
@@ -49,7 +49,7 @@ fn demo() -> Result<(), Box<dyn std::error::Error>> {
     let p2 = c2.id() as i32;
     Sandbox::move_process(&sidecar, p2)?;
     // 3. A shell in the container that forks a child (the child is never exec'd from outside).
-    let p3 = spawn_into_cgroup(&legacy, &["/bin/sh", "-c", "sleep 30 & wait"])?;
+    let p3 = spawn_into_cgroup(&legacy, Some(&["/bin/sh", "-c", "sleep 30 & wait"]), None)?;
     std::thread::sleep(Duration::from_millis(100));
     let p3_child = std::fs::read_to_string(format!("/proc/{p3}/task/{p3}/children"))
         .ok()

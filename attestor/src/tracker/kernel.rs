@@ -233,6 +233,26 @@ impl KernelTracker {
         }
     }
 
+    /// Fills every free slot with keys above pid_max (never a real tgid), so the next insert
+    /// fails as on a node with more processes than `tracker_max_processes`. For tests.
+    pub fn fill_with_placeholders(&self) -> usize {
+        let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
+        let placeholder = ProcEntry {
+            cgroup_id: 0,
+            origin: 0,
+            flags: attestor_common::flags::UNKNOWN,
+        };
+        let mut added = 0;
+        // PID_MAX_LIMIT is 4194304; keys above it are never looked up.
+        for key in (4_194_305u32..).take(self.max_entries as usize + 1) {
+            match procs.insert(key, placeholder, BPF_NOEXIST) {
+                Ok(()) => added += 1,
+                Err(_) => break,
+            }
+        }
+        added
+    }
+
     /// Number of entries (walks the map: for diagnostics, not the attest path).
     pub fn entries(&self) -> usize {
         let procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());

@@ -51,6 +51,9 @@ pub struct TrackerOptions {
     pub max_processes: u32,
     /// aya-log level for kernel debug records (0 = off).
     pub ebpf_log_level: u8,
+    /// Use `PIDFD_GET_INFO` when the kernel has it (6.13+). Off: the `/proc` fallback answers
+    /// instead (tests use this to exercise that path on new kernels).
+    pub pidfd_info: bool,
 }
 
 impl Default for TrackerOptions {
@@ -59,6 +62,7 @@ impl Default for TrackerOptions {
             mode: TrackerMode::Auto,
             max_processes: attestor_common::DEFAULT_MAX_PROCESSES,
             ebpf_log_level: 0,
+            pidfd_info: true,
         }
     }
 }
@@ -201,7 +205,7 @@ impl Tracker {
             });
         }
         let cgroupfs = CgroupFs::discover()?;
-        let pidfd_info = probe_pidfd_info();
+        let pidfd_info = opts.pidfd_info && probe_pidfd_info();
         let (kernel, fallback_reason) = match opts.mode {
             TrackerMode::Procfs => (
                 None,
@@ -263,6 +267,13 @@ impl Tracker {
     /// Raw map entry for diagnostics and tests (`None`: not tracked or eBPF off).
     pub fn map_entry(&self, pid: u32) -> Option<ProcEntry> {
         self.kernel.as_ref()?.lookup(pid)
+    }
+
+    /// Fills the kernel map to capacity with placeholder keys (never real pids), to test the
+    /// "map full" path on the real kernel. Returns how many were added.
+    #[doc(hidden)]
+    pub fn fill_map_for_test(&self) -> usize {
+        self.kernel.as_ref().map_or(0, |k| k.fill_with_placeholders())
     }
 
     /// Resolves a PID to its cgroup. See the module doc for the guarantees.
@@ -474,10 +485,11 @@ fn probe_pidfd_info() -> bool {
     matches!(sys::pidfd_cgroup_id(fd.as_fd()), Ok(Some(_)))
 }
 
+/// Test and demo helper: start a process directly inside the cgroup directory `dir`
+/// (`clone3(CLONE_INTO_CGROUP)`). `argv`: program to exec, or `None` for a forked child that
+/// never execs (it waits until killed). `pid`: ask for this exact pid (needs CAP_SYS_ADMIN).
 #[doc(hidden)]
-/// Test and demo helper: start `argv` directly inside the cgroup directory `dir`
-/// (`clone3(CLONE_INTO_CGROUP)`), returning the child's pid.
-pub fn spawn_into_cgroup(dir: &std::path::Path, argv: &[&str]) -> io::Result<i32> {
+pub fn spawn_into_cgroup(dir: &std::path::Path, argv: Option<&[&str]>, pid: Option<i32>) -> io::Result<i32> {
     let d = std::fs::File::open(dir)?;
-    sys::spawn_into_cgroup(d.as_fd(), argv)
+    sys::spawn_into_cgroup(d.as_fd(), argv, pid)
 }
