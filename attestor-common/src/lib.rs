@@ -29,6 +29,8 @@ pub mod flags {
     /// The writer saw the cgroup change while it wrote the entry, so the value may be stale:
     /// userspace must not trust it and asks a fallback source instead.
     pub const UNKNOWN: u32 = 1;
+    /// The process is a kernel thread (`PF_KTHREAD`): never a workload.
+    pub const KTHREAD: u32 = 2;
 }
 
 /// Indexes into the STATS per-CPU array.
@@ -46,6 +48,8 @@ pub mod stat {
 /// Names of the load-time globals (`aya_ebpf::Global`) that userspace fills in from BTF and
 /// tracefs, so no kernel struct or tracepoint offset is compiled in.
 pub mod global {
+    /// `offsetof(struct task_struct, flags)` (u32 `PF_*` bits).
+    pub const OFF_TASK_FLAGS: &str = "OFF_TASK_FLAGS";
     /// `offsetof(struct task_struct, tgid)`.
     pub const OFF_TASK_TGID: &str = "OFF_TASK_TGID";
     /// `offsetof(struct task_struct, cgroups)` (a `struct css_set *`).

@@ -22,7 +22,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: helper without arguments, valid in tracepoint programs since 4.18.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    if maps::record(tgid, cgroup_id, origin::EXEC) {
+    if maps::record(tgid, cgroup_id, origin::EXEC, 0) {
         // SAFETY: as above.
         let again = unsafe { bpf_get_current_cgroup_id() };
         if again != cgroup_id {

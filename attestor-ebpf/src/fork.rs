@@ -11,13 +11,15 @@
 //! Offsets come from vmlinux BTF through load-time globals (Rust eBPF has no CO-RE).
 //! Threads (`CLONE_THREAD`) are skipped: the map is keyed by tgid.
 
-use attestor_common::{origin, stat};
+use attestor_common::{flags, origin, stat};
 use aya_ebpf::{
     Global, helpers::bpf_probe_read_kernel, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
 
 use crate::maps;
 
+#[unsafe(no_mangle)]
+static OFF_TASK_FLAGS: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static OFF_TASK_TGID: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
@@ -30,6 +32,8 @@ static OFF_CGROUP_KN: Global<u32> = Global::new(0);
 static OFF_KERNFS_NODE_ID: Global<u32> = Global::new(0);
 
 const CLONE_THREAD: u64 = 0x0001_0000;
+/// include/linux/sched.h; stable since 2.6.
+const PF_KTHREAD: u32 = 0x0020_0000;
 
 #[btf_tracepoint(function = "task_newtask")]
 pub fn task_newtask(ctx: BtfTracePointContext) -> i32 {
@@ -70,7 +74,10 @@ fn try_task_newtask(ctx: &BtfTracePointContext) {
         maps::count(stat::READ_FAILED);
         return;
     };
-    if !maps::record(tgid, cgroup_id, origin::FORK) {
+    // Kernel threads are marked so userspace refuses them without reading /proc.
+    let task_flags = read::<u32>(task, OFF_TASK_FLAGS.load()).unwrap_or(0);
+    let entry_flags = if task_flags & PF_KTHREAD != 0 { flags::KTHREAD } else { 0 };
+    if !maps::record(tgid, cgroup_id, origin::FORK, entry_flags) {
         return;
     }
     // Second read: see the crate doc for why this closes the migration race.

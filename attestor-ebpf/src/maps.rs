@@ -30,11 +30,11 @@ pub fn count(index: u32) {
 /// Stores `cgroup_id` for `tgid`. If the map refuses (full), removes any old value so the
 /// answer for this tgid becomes "unknown" rather than stale.
 #[inline(always)]
-pub fn record(tgid: u32, cgroup_id: u64, origin: u32) -> bool {
+pub fn record(tgid: u32, cgroup_id: u64, origin: u32, entry_flags: u32) -> bool {
     let entry = ProcEntry {
         cgroup_id,
         origin,
-        flags: 0,
+        flags: entry_flags,
     };
     if PROCS.insert(tgid, entry, BPF_ANY).is_ok() {
         return true;

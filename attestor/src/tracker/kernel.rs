@@ -73,7 +73,7 @@ fn tracefs_root() -> Result<PathBuf, KernelError> {
 /// The loaded and attached programs plus the maps userspace reads.
 pub struct KernelTracker {
     // Dropping `Ebpf` detaches the programs and frees the maps.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     procs: Mutex<HashMap<MapData, u32, ProcEntry>>,
     stats: PerCpuArray<MapData, u64>,
     pub max_entries: u32,
@@ -123,6 +123,7 @@ impl KernelTracker {
 
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(PROCS_MAP, max_entries)
+            .override_global(global::OFF_TASK_FLAGS, &task_offsets.task_flags, true)
             .override_global(global::OFF_TASK_TGID, &task_offsets.task_tgid, true)
             .override_global(global::OFF_TASK_CGROUPS, &task_offsets.task_cgroups, true)
             .override_global(
@@ -185,7 +186,7 @@ impl KernelTracker {
                 message: e.to_string(),
             })?;
         Ok(KernelTracker {
-            _ebpf: ebpf,
+            ebpf,
             procs: Mutex::new(procs),
             stats,
             max_entries,
@@ -251,6 +252,31 @@ impl KernelTracker {
             }
         }
         added
+    }
+
+    /// `(program, run count, total run time)` for each attached program; the kernel only
+    /// counts while `aya::sys::enable_stats(Stats::RunTime)` is held (benchmarks).
+    pub fn program_run_stats(&self) -> Vec<(String, u64, std::time::Duration)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let info = p.info().ok()?;
+                Some((name.to_string(), info.run_count(), info.run_time()))
+            })
+            .collect()
+    }
+
+    /// Kernel memory charged for the PROCS map (`memlock:` in its fdinfo), in bytes.
+    pub fn map_memory_bytes(&self) -> Option<u64> {
+        use aya::maps::IterableMap;
+        use std::os::fd::{AsFd, AsRawFd};
+        let procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
+        let map: &MapData = procs.map();
+        let fd = map.fd().as_fd().as_raw_fd();
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse().ok())
     }
 
     /// Number of entries (walks the map: for diagnostics, not the attest path).

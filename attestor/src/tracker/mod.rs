@@ -117,7 +117,11 @@ impl fmt::Display for Source {
 }
 
 /// The answer for one PID.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// It keeps the pidfd it was resolved under, so whoever acts on the answer later (after a
+/// kubelet round trip, say) can check with [`Resolution::is_alive`] that the same process is
+/// still there before handing out its identity.
+#[derive(Debug, Clone)]
 pub struct Resolution {
     pub pid: i32,
     pub cgroup_id: u64,
@@ -125,6 +129,15 @@ pub struct Resolution {
     pub cgroup_path: Arc<str>,
     pub source: Source,
     pub elapsed: Duration,
+    pidfd: Arc<OwnedFd>,
+}
+
+impl Resolution {
+    /// True while the process that was resolved has not exited. Once it has, its PID may
+    /// belong to another process: an identity computed for this resolution must not be used.
+    pub fn is_alive(&self) -> bool {
+        matches!(sys::pidfd_exited(self.pidfd.as_fd()), Ok(false))
+    }
 }
 
 /// Why a PID could not be resolved. Each case is distinct so callers (and operators) can act.
@@ -264,6 +277,11 @@ impl Tracker {
             .map(|k| (k.entries(), k.max_entries, k.stats()))
     }
 
+    /// Kernel memory of the process map in bytes (eBPF only).
+    pub fn map_memory_bytes(&self) -> Option<u64> {
+        self.kernel.as_ref()?.map_memory_bytes()
+    }
+
     /// Raw map entry for diagnostics and tests (`None`: not tracked or eBPF off).
     pub fn map_entry(&self, pid: u32) -> Option<ProcEntry> {
         self.kernel.as_ref()?.lookup(pid)
@@ -285,28 +303,21 @@ impl Tracker {
             p => i32::try_from(p).map_err(|_| ResolveError::PidOutOfRange(p))?,
         };
         let pidfd = open_pidfd(pid)?;
-        check_process(pid)?;
-
-        let (cgroup_id, source) = match self.kernel.as_ref().and_then(|k| k.lookup(pid as u32)) {
-            Some(e) if e.flags & flags::UNKNOWN == 0 => {
-                (e.cgroup_id, Source::Ebpf(origin_of(e.origin)))
-            }
-            _ => self.fallback(pid, &pidfd)?,
+        let looked_up = match self.kernel.as_ref().and_then(|k| k.lookup(pid as u32)) {
+            Some(e) if e.flags & flags::KTHREAD != 0 => return Err(ResolveError::KernelThread(pid)),
+            Some(e) if e.flags & flags::UNKNOWN == 0 => Ok((e.cgroup_id, Source::Ebpf(origin_of(e.origin)))),
+            _ => self.fallback(pid, &pidfd),
         };
-
-        // Same process still alive ⇒ the value above was its own (see module doc).
-        match sys::pidfd_exited(pidfd.as_fd()) {
-            Ok(false) => {}
-            Ok(true) => return Err(ResolveError::Exited(pid)),
-            Err(source) => {
-                return Err(ResolveError::Io {
-                    pid,
-                    op: "poll(pidfd)",
-                    source,
-                });
-            }
+        // The process behind the pidfd is still alive ⇒ whatever was read above was its own
+        // (see the module doc). A pidfd becomes readable once its process exited: then it is
+        // a zombie, or gone and its number possibly reused.
+        if self.exited(pid, &pidfd)? {
+            return Err(exited_or_zombie(pid));
         }
+        let (cgroup_id, source) = looked_up?;
         if cgroup_id == ROOT_CGROUP_ID {
+            // Kernel threads live in the root cgroup too; tell them apart (rare path).
+            check_process(pid)?;
             return Err(ResolveError::RootCgroup(pid));
         }
         let cgroup_path = self
@@ -314,6 +325,7 @@ impl Tracker {
             .path_of(cgroup_id)
             .map_err(|source| ResolveError::Cgroup { pid, source })?;
         if &*cgroup_path == "/" {
+            check_process(pid)?;
             return Err(ResolveError::RootCgroup(pid));
         }
         Ok(Resolution {
@@ -322,7 +334,22 @@ impl Tracker {
             cgroup_path,
             source,
             elapsed: started.elapsed(),
+            pidfd: Arc::new(pidfd),
         })
+    }
+
+    fn exited(&self, pid: i32, pidfd: &OwnedFd) -> Result<bool, ResolveError> {
+        sys::pidfd_exited(pidfd.as_fd()).map_err(|source| ResolveError::Io {
+            pid,
+            op: "poll(pidfd)",
+            source,
+        })
+    }
+
+    /// `(program, run count, total run time)` of the kernel programs (benchmarks; counts only
+    /// while BPF run-time stats are enabled).
+    pub fn program_run_stats(&self) -> Vec<(String, u64, Duration)> {
+        self.kernel.as_ref().map(|k| k.program_run_stats()).unwrap_or_default()
     }
 
     fn fallback(&self, pid: i32, pidfd: &OwnedFd) -> Result<(u64, Source), ResolveError> {
@@ -406,6 +433,15 @@ impl Tracker {
         log::debug!(
             "seeded {seeded} processes from /proc ({skipped} already tracked by the kernel)"
         );
+    }
+}
+
+/// The process behind a pidfd has exited: still a zombie (nothing to attest), or already
+/// reaped (it exited while we were resolving it).
+fn exited_or_zombie(pid: i32) -> ResolveError {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().as_deref().and_then(procfs::parse_stat) {
+        Some(info) if info.state == 'Z' || info.state == 'X' => ResolveError::Zombie(pid),
+        _ => ResolveError::Exited(pid),
     }
 }
 

@@ -35,6 +35,7 @@ pub enum OffsetError {
 /// `task_struct` → cgroup id chain offsets, plus tgid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TaskOffsets {
+    pub task_flags: u32,
     pub task_tgid: u32,
     pub task_cgroups: u32,
     pub css_set_dfl_cgrp: u32,
@@ -98,6 +99,7 @@ impl TaskOffsets {
                 Ok(off)
             };
         Ok(TaskOffsets {
+            task_flags: member("task_struct", "flags", 4)?,
             task_tgid: member("task_struct", "tgid", 4)?,
             task_cgroups: member("task_struct", "cgroups", 8)?,
             css_set_dfl_cgrp: member("css_set", "dfl_cgrp", 8)?,
