@@ -76,7 +76,11 @@ fn try_task_newtask(ctx: &BtfTracePointContext) {
     };
     // Kernel threads are marked so userspace refuses them without reading /proc.
     let task_flags = read::<u32>(task, OFF_TASK_FLAGS.load()).unwrap_or(0);
-    let entry_flags = if task_flags & PF_KTHREAD != 0 { flags::KTHREAD } else { 0 };
+    let entry_flags = if task_flags & PF_KTHREAD != 0 {
+        flags::KTHREAD
+    } else {
+        0
+    };
     if !maps::record(tgid, cgroup_id, origin::FORK, entry_flags) {
         return;
     }

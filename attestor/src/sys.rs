@@ -137,7 +137,11 @@ pub fn raise_memlock_rlimit() -> io::Result<()> {
 /// `cgroup_dir` (Linux 5.7), optionally with a chosen pid (`set_tid`, Linux 5.5, needs
 /// CAP_SYS_ADMIN). With `argv` the child execs it; without, it waits in `pause()` until killed
 /// (a forked child that never execs). Returns the child's pid.
-pub fn spawn_into_cgroup(cgroup_dir: BorrowedFd<'_>, argv: Option<&[&str]>, pid: Option<i32>) -> io::Result<i32> {
+pub fn spawn_into_cgroup(
+    cgroup_dir: BorrowedFd<'_>,
+    argv: Option<&[&str]>,
+    pid: Option<i32>,
+) -> io::Result<i32> {
     #[repr(C)]
     #[derive(Default)]
     struct CloneArgs {

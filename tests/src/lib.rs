@@ -46,25 +46,37 @@ pub fn cgroup_id(dir: &Path) -> u64 {
 
 /// The process's `comm`.
 pub fn comm(pid: i32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 /// Children of `pid` (from /proc/<pid>/task/<pid>/children).
 pub fn children(pid: i32) -> Vec<i32> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .map(|s| s.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+        .map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 /// Kills and reaps a child of this process.
 pub fn kill_and_reap(pid: i32) {
-    let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status();
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         // A reaped child's /proc entry disappears; a zombie's stat shows Z.
         match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             Err(_) => return,
-            Ok(s) if s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')) => {
+            Ok(s)
+                if s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z')) =>
+            {
                 reap(pid);
             }
             Ok(_) => std::thread::sleep(Duration::from_millis(2)),
@@ -74,7 +86,6 @@ pub fn kill_and_reap(pid: i32) {
 
 /// waitpid(pid) through a tiny wrapper (std has no waitpid for non-Child pids).
 pub fn reap(pid: i32) {
-
     let mut status = 0;
     // SAFETY: `status` is a valid out-pointer.
     unsafe { libc::waitpid(pid, &mut status, 0) };

@@ -25,9 +25,15 @@ fn ebpf_tracker() -> Tracker {
 
 /// Asserts that `pid` resolves to exactly `dir` (id and hierarchy path).
 fn assert_resolves_to(tracker: &Tracker, sandbox: &Sandbox, pid: i32, dir: &Path) -> Source {
-    let r = tracker.resolve(pid as i64).unwrap_or_else(|e| panic!("resolve({pid}): {e}"));
+    let r = tracker
+        .resolve(pid as i64)
+        .unwrap_or_else(|e| panic!("resolve({pid}): {e}"));
     assert_eq!(r.cgroup_id, cgroup_id(dir), "cgroup id of pid {pid}");
-    assert_eq!(&*r.cgroup_path, sandbox.hierarchy_path(dir), "cgroup path of pid {pid}");
+    assert_eq!(
+        &*r.cgroup_path,
+        sandbox.hierarchy_path(dir),
+        "cgroup path of pid {pid}"
+    );
     assert_eq!(r.pid, pid);
     r.source
 }
@@ -43,7 +49,9 @@ fn process_started_before_the_tracker_is_seeded() {
     }
     let cgfs = attestor::cgroupfs::CgroupFs::discover().expect("cgroup2 mount");
     let sandbox = Sandbox::new(&cgfs, "seed").expect("sandbox");
-    let dir = sandbox.container(Layout::SystemdContainerd, POD, CID_A).expect("container cgroup");
+    let dir = sandbox
+        .container(Layout::SystemdContainerd, POD, CID_A)
+        .expect("container cgroup");
     let pid = sleeper(&dir);
     let tracker = ebpf_tracker();
     let source = assert_resolves_to(&tracker, &sandbox, pid, &dir);
@@ -58,11 +66,15 @@ fn process_started_after_the_tracker_is_recorded_at_exec() {
     }
     let tracker = ebpf_tracker();
     let sandbox = Sandbox::new(tracker.cgroupfs(), "exec").expect("sandbox");
-    let dir = sandbox.container(Layout::SystemdContainerd, POD, CID_A).expect("container cgroup");
+    let dir = sandbox
+        .container(Layout::SystemdContainerd, POD, CID_A)
+        .expect("container cgroup");
     let pid = sleeper(&dir);
     // The exec tracepoint has run once /proc shows the new program.
-    wait_for(Duration::from_secs(5), || (comm(pid).as_deref() == Some("sleep")).then_some(()))
-        .expect("child exec'd sleep");
+    wait_for(Duration::from_secs(5), || {
+        (comm(pid).as_deref() == Some("sleep")).then_some(())
+    })
+    .expect("child exec'd sleep");
     let source = assert_resolves_to(&tracker, &sandbox, pid, &dir);
     assert_eq!(source, Source::Ebpf(EntryOrigin::Exec));
     kill_and_reap(pid);
@@ -75,7 +87,9 @@ fn clone3_into_another_cgroup_records_the_childs_cgroup_at_fork() {
     }
     let tracker = ebpf_tracker();
     let sandbox = Sandbox::new(tracker.cgroupfs(), "clone3").expect("sandbox");
-    let dir = sandbox.container(Layout::Cgroupfs, POD, CID_A).expect("container cgroup");
+    let dir = sandbox
+        .container(Layout::Cgroupfs, POD, CID_A)
+        .expect("container cgroup");
     // The child never execs: only the fork program saw it. Its parent (this test) is in
     // another cgroup, so a tracker that recorded the parent's cgroup would be wrong here.
     let pid = spawn_into_cgroup(&dir, None, None).expect("clone3 into cgroup");
@@ -95,17 +109,30 @@ fn forked_child_without_exec_inherits_the_container() {
     }
     let tracker = ebpf_tracker();
     let sandbox = Sandbox::new(tracker.cgroupfs(), "fork").expect("sandbox");
-    let dir = sandbox.container(Layout::SystemdContainerd, POD, CID_A).expect("container cgroup");
+    let dir = sandbox
+        .container(Layout::SystemdContainerd, POD, CID_A)
+        .expect("container cgroup");
     // `( … ) &` makes the shell fork a subshell that does not exec.
-    let sh = spawn_into_cgroup(&dir, Some(&["/bin/sh", "-c", "( while :; do sleep 1; done ) & wait"]), None)
-        .expect("spawn shell");
+    let sh = spawn_into_cgroup(
+        &dir,
+        Some(&["/bin/sh", "-c", "( while :; do sleep 1; done ) & wait"]),
+        None,
+    )
+    .expect("spawn shell");
     let subshell = wait_for(Duration::from_secs(5), || {
-        children(sh).into_iter().find(|c| comm(*c).as_deref() == Some("sh"))
+        children(sh)
+            .into_iter()
+            .find(|c| comm(*c).as_deref() == Some("sh"))
     })
     .expect("subshell forked");
-    let entry = tracker.map_entry(subshell as u32).expect("entry for the subshell");
+    let entry = tracker
+        .map_entry(subshell as u32)
+        .expect("entry for the subshell");
     assert_eq!(entry.origin, origin::FORK, "the subshell never exec'd");
-    assert_eq!(assert_resolves_to(&tracker, &sandbox, subshell, &dir), Source::Ebpf(EntryOrigin::Fork));
+    assert_eq!(
+        assert_resolves_to(&tracker, &sandbox, subshell, &dir),
+        Source::Ebpf(EntryOrigin::Fork)
+    );
     assert_resolves_to(&tracker, &sandbox, sh, &dir);
     kill_and_reap(subshell);
     kill_and_reap(sh);
@@ -128,14 +155,20 @@ fn threads_are_not_processes() {
     let tid = rx.recv().expect("thread id");
     let me = std::process::id() as i32;
     assert_ne!(tid, me);
-    assert!(tracker.map_entry(tid as u32).is_none(), "threads get no map entry");
+    assert!(
+        tracker.map_entry(tid as u32).is_none(),
+        "threads get no map entry"
+    );
     match tracker.resolve(tid as i64) {
         Err(ResolveError::NotALeader(t)) => assert_eq!(t, tid),
         other => panic!("resolve(thread id) = {other:?}, want NotALeader"),
     }
     // The process itself still resolves, to the cgroup /proc reports for it.
     let proc_path = std::fs::read_to_string("/proc/self/cgroup").expect("read own cgroup");
-    let v2 = proc_path.lines().find_map(|l| l.strip_prefix("0::")).expect("0:: line");
+    let v2 = proc_path
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("0:: line");
     match tracker.resolve(me as i64) {
         Ok(mine) => assert_eq!(&*mine.cgroup_path, v2),
         Err(ResolveError::RootCgroup(p)) => assert_eq!((p, v2), (me, "/")),
@@ -152,13 +185,23 @@ fn moved_process_follows_its_cgroup() {
     }
     let tracker = ebpf_tracker();
     let sandbox = Sandbox::new(tracker.cgroupfs(), "move").expect("sandbox");
-    let a = sandbox.container(Layout::SystemdContainerd, POD, CID_A).expect("cgroup a");
-    let b = sandbox.container(Layout::SystemdContainerd, POD, CID_B).expect("cgroup b");
+    let a = sandbox
+        .container(Layout::SystemdContainerd, POD, CID_A)
+        .expect("cgroup a");
+    let b = sandbox
+        .container(Layout::SystemdContainerd, POD, CID_B)
+        .expect("cgroup b");
     let pid = sleeper(&a);
-    wait_for(Duration::from_secs(5), || (comm(pid).as_deref() == Some("sleep")).then_some(())).expect("exec");
+    wait_for(Duration::from_secs(5), || {
+        (comm(pid).as_deref() == Some("sleep")).then_some(())
+    })
+    .expect("exec");
     assert_resolves_to(&tracker, &sandbox, pid, &a);
     Sandbox::move_process(&b, pid).expect("move to b");
-    assert_eq!(assert_resolves_to(&tracker, &sandbox, pid, &b), Source::Ebpf(EntryOrigin::Attach));
+    assert_eq!(
+        assert_resolves_to(&tracker, &sandbox, pid, &b),
+        Source::Ebpf(EntryOrigin::Attach)
+    );
     Sandbox::move_process(&a, pid).expect("move back to a");
     assert_resolves_to(&tracker, &sandbox, pid, &a);
     kill_and_reap(pid);
@@ -171,10 +214,15 @@ fn exit_removes_the_entry() {
     }
     let tracker = ebpf_tracker();
     let sandbox = Sandbox::new(tracker.cgroupfs(), "exit").expect("sandbox");
-    let dir = sandbox.container(Layout::Cgroupfs, POD, CID_A).expect("cgroup");
+    let dir = sandbox
+        .container(Layout::Cgroupfs, POD, CID_A)
+        .expect("cgroup");
     let pid = spawn_into_cgroup(&dir, Some(&["/bin/true"]), None).expect("spawn true");
     reap(pid);
-    assert!(tracker.map_entry(pid as u32).is_none(), "entry gone after exit");
+    assert!(
+        tracker.map_entry(pid as u32).is_none(),
+        "entry gone after exit"
+    );
     match tracker.resolve(pid as i64) {
         Err(ResolveError::NoSuchProcess(p)) => assert_eq!(p, pid),
         other => panic!("resolve(exited pid) = {other:?}"),
@@ -190,13 +238,22 @@ fn reused_pid_resolves_to_the_new_process() {
     }
     let tracker = ebpf_tracker();
     let sandbox = Sandbox::new(tracker.cgroupfs(), "reuse").expect("sandbox");
-    let old_dir = sandbox.container(Layout::SystemdContainerd, POD, CID_A).expect("old pod");
+    let old_dir = sandbox
+        .container(Layout::SystemdContainerd, POD, CID_A)
+        .expect("old pod");
     let new_dir = sandbox
-        .container(Layout::SystemdContainerd, "77777777-8888-4999-aaaa-bbbbbbbbbbbb", CID_B)
+        .container(
+            Layout::SystemdContainerd,
+            "77777777-8888-4999-aaaa-bbbbbbbbbbbb",
+            CID_B,
+        )
         .expect("new pod");
     for (i, exec) in [true, false].into_iter().enumerate() {
         let pid = sleeper(&old_dir);
-        wait_for(Duration::from_secs(5), || (comm(pid).as_deref() == Some("sleep")).then_some(())).expect("exec");
+        wait_for(Duration::from_secs(5), || {
+            (comm(pid).as_deref() == Some("sleep")).then_some(())
+        })
+        .expect("exec");
         assert_resolves_to(&tracker, &sandbox, pid, &old_dir);
         kill_and_reap(pid);
         let argv: &[&str] = &["/bin/sleep", "60"];
@@ -204,8 +261,10 @@ fn reused_pid_resolves_to_the_new_process() {
             .unwrap_or_else(|e| panic!("round {i}: clone3 set_tid={pid}: {e}"));
         assert_eq!(again, pid, "the kernel gave us the same number");
         if exec {
-            wait_for(Duration::from_secs(5), || (comm(pid).as_deref() == Some("sleep")).then_some(()))
-                .expect("exec");
+            wait_for(Duration::from_secs(5), || {
+                (comm(pid).as_deref() == Some("sleep")).then_some(())
+            })
+            .expect("exec");
         }
         assert_resolves_to(&tracker, &sandbox, pid, &new_dir);
         kill_and_reap(pid);
@@ -219,7 +278,9 @@ fn fallback_paths_give_the_same_answers() {
     }
     let cgfs = attestor::cgroupfs::CgroupFs::discover().expect("cgroup2 mount");
     let sandbox = Sandbox::new(&cgfs, "fallback").expect("sandbox");
-    let dir = sandbox.container(Layout::SystemdContainerd, POD, CID_A).expect("cgroup");
+    let dir = sandbox
+        .container(Layout::SystemdContainerd, POD, CID_A)
+        .expect("cgroup");
     let pid = sleeper(&dir);
     for pidfd_info in [true, false] {
         let tracker = Tracker::start(&TrackerOptions {
@@ -229,7 +290,11 @@ fn fallback_paths_give_the_same_answers() {
         })
         .expect("procfs tracker");
         assert!(!tracker.uses_ebpf());
-        assert!(tracker.fallback_reason().is_some_and(|r| r.contains("procfs")));
+        assert!(
+            tracker
+                .fallback_reason()
+                .is_some_and(|r| r.contains("procfs"))
+        );
         let source = assert_resolves_to(&tracker, &sandbox, pid, &dir);
         match (pidfd_info, source) {
             (false, Source::ProcCgroup) => {}
@@ -253,14 +318,19 @@ fn full_map_answers_unknown_and_falls_back() {
     })
     .expect("tracker");
     let sandbox = Sandbox::new(tracker.cgroupfs(), "full").expect("sandbox");
-    let dir = sandbox.container(Layout::Cgroupfs, POD, CID_A).expect("cgroup");
+    let dir = sandbox
+        .container(Layout::Cgroupfs, POD, CID_A)
+        .expect("cgroup");
     // Other processes on the machine exit and free slots at any time, so refill and retry
     // until a new process found no room.
     let mut untracked = None;
     for _ in 0..50 {
         tracker.fill_map_for_test();
         let pid = sleeper(&dir);
-        wait_for(Duration::from_secs(5), || (comm(pid).as_deref() == Some("sleep")).then_some(())).expect("exec");
+        wait_for(Duration::from_secs(5), || {
+            (comm(pid).as_deref() == Some("sleep")).then_some(())
+        })
+        .expect("exec");
         if tracker.map_entry(pid as u32).is_none() {
             untracked = Some(pid);
             break;
@@ -269,10 +339,16 @@ fn full_map_answers_unknown_and_falls_back() {
     }
     let pid = untracked.expect("a process found the map full");
     let source = assert_resolves_to(&tracker, &sandbox, pid, &dir);
-    assert!(matches!(source, Source::PidfdInfo | Source::ProcCgroup), "fallback answered: {source:?}");
+    assert!(
+        matches!(source, Source::PidfdInfo | Source::ProcCgroup),
+        "fallback answered: {source:?}"
+    );
     let (entries, max, stats) = tracker.kernel_stats().expect("ebpf in use");
     assert!(entries <= max as usize);
-    assert!(stats.insert_failed > 0, "the kernel counted the refused inserts");
+    assert!(
+        stats.insert_failed > 0,
+        "the kernel counted the refused inserts"
+    );
     kill_and_reap(pid);
 }
 
@@ -283,21 +359,39 @@ fn bad_pids_get_distinct_errors() {
     }
     let tracker = ebpf_tracker();
     assert!(matches!(tracker.resolve(0), Err(ResolveError::ZeroPid)));
-    assert!(matches!(tracker.resolve(-7), Err(ResolveError::NegativePid(-7))));
-    assert!(matches!(tracker.resolve(1 << 40), Err(ResolveError::PidOutOfRange(_))));
+    assert!(matches!(
+        tracker.resolve(-7),
+        Err(ResolveError::NegativePid(-7))
+    ));
+    assert!(matches!(
+        tracker.resolve(1 << 40),
+        Err(ResolveError::PidOutOfRange(_))
+    ));
     // pid_max is at most 4194304, so this number never exists.
-    assert!(matches!(tracker.resolve(4_194_305), Err(ResolveError::NoSuchProcess(4_194_305))));
+    assert!(matches!(
+        tracker.resolve(4_194_305),
+        Err(ResolveError::NoSuchProcess(4_194_305))
+    ));
     // kthreadd is pid 2 on every Linux.
-    assert!(matches!(tracker.resolve(2), Err(ResolveError::KernelThread(2))));
+    assert!(matches!(
+        tracker.resolve(2),
+        Err(ResolveError::KernelThread(2))
+    ));
 
     let sandbox = Sandbox::new(tracker.cgroupfs(), "bad").expect("sandbox");
-    let dir = sandbox.container(Layout::Cgroupfs, POD, CID_A).expect("cgroup");
+    let dir = sandbox
+        .container(Layout::Cgroupfs, POD, CID_A)
+        .expect("cgroup");
     // A zombie: exited, not reaped.
     let z = spawn_into_cgroup(&dir, Some(&["/bin/true"]), None).expect("spawn");
     wait_for(Duration::from_secs(5), || {
         std::fs::read_to_string(format!("/proc/{z}/stat"))
             .ok()
-            .filter(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+            .filter(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            })
     })
     .expect("child became a zombie");
     assert!(matches!(tracker.resolve(z as i64), Err(ResolveError::Zombie(p)) if p == z));
@@ -306,7 +400,9 @@ fn bad_pids_get_distinct_errors() {
     // A process in the root cgroup.
     let root_pid = sleeper(&dir);
     Sandbox::move_process(tracker.cgroupfs().mount_point(), root_pid).expect("move to root cgroup");
-    assert!(matches!(tracker.resolve(root_pid as i64), Err(ResolveError::RootCgroup(p)) if p == root_pid));
+    assert!(
+        matches!(tracker.resolve(root_pid as i64), Err(ResolveError::RootCgroup(p)) if p == root_pid)
+    );
     let entry = tracker.map_entry(root_pid as u32).expect("entry");
     assert_eq!(entry.flags & flags::UNKNOWN, 0);
     kill_and_reap(root_pid);

@@ -291,7 +291,9 @@ impl Tracker {
     /// "map full" path on the real kernel. Returns how many were added.
     #[doc(hidden)]
     pub fn fill_map_for_test(&self) -> usize {
-        self.kernel.as_ref().map_or(0, |k| k.fill_with_placeholders())
+        self.kernel
+            .as_ref()
+            .map_or(0, |k| k.fill_with_placeholders())
     }
 
     /// Resolves a PID to its cgroup. See the module doc for the guarantees.
@@ -304,8 +306,12 @@ impl Tracker {
         };
         let pidfd = open_pidfd(pid)?;
         let looked_up = match self.kernel.as_ref().and_then(|k| k.lookup(pid as u32)) {
-            Some(e) if e.flags & flags::KTHREAD != 0 => return Err(ResolveError::KernelThread(pid)),
-            Some(e) if e.flags & flags::UNKNOWN == 0 => Ok((e.cgroup_id, Source::Ebpf(origin_of(e.origin)))),
+            Some(e) if e.flags & flags::KTHREAD != 0 => {
+                return Err(ResolveError::KernelThread(pid));
+            }
+            Some(e) if e.flags & flags::UNKNOWN == 0 => {
+                Ok((e.cgroup_id, Source::Ebpf(origin_of(e.origin))))
+            }
             _ => self.fallback(pid, &pidfd),
         };
         // The process behind the pidfd is still alive ⇒ whatever was read above was its own
@@ -349,7 +355,10 @@ impl Tracker {
     /// `(program, run count, total run time)` of the kernel programs (benchmarks; counts only
     /// while BPF run-time stats are enabled).
     pub fn program_run_stats(&self) -> Vec<(String, u64, Duration)> {
-        self.kernel.as_ref().map(|k| k.program_run_stats()).unwrap_or_default()
+        self.kernel
+            .as_ref()
+            .map(|k| k.program_run_stats())
+            .unwrap_or_default()
     }
 
     fn fallback(&self, pid: i32, pidfd: &OwnedFd) -> Result<(u64, Source), ResolveError> {
@@ -439,7 +448,11 @@ impl Tracker {
 /// The process behind a pidfd has exited: still a zombie (nothing to attest), or already
 /// reaped (it exited while we were resolving it).
 fn exited_or_zombie(pid: i32) -> ResolveError {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().as_deref().and_then(procfs::parse_stat) {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .as_deref()
+        .and_then(procfs::parse_stat)
+    {
         Some(info) if info.state == 'Z' || info.state == 'X' => ResolveError::Zombie(pid),
         _ => ResolveError::Exited(pid),
     }
@@ -525,7 +538,11 @@ fn probe_pidfd_info() -> bool {
 /// (`clone3(CLONE_INTO_CGROUP)`). `argv`: program to exec, or `None` for a forked child that
 /// never execs (it waits until killed). `pid`: ask for this exact pid (needs CAP_SYS_ADMIN).
 #[doc(hidden)]
-pub fn spawn_into_cgroup(dir: &std::path::Path, argv: Option<&[&str]>, pid: Option<i32>) -> io::Result<i32> {
+pub fn spawn_into_cgroup(
+    dir: &std::path::Path,
+    argv: Option<&[&str]>,
+    pid: Option<i32>,
+) -> io::Result<i32> {
     let d = std::fs::File::open(dir)?;
     sys::spawn_into_cgroup(d.as_fd(), argv, pid)
 }

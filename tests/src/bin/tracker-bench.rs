@@ -35,7 +35,10 @@ fn time_resolves(tracker: &Tracker, pids: &[i32], rounds: usize) -> (Vec<Duratio
             let t = Instant::now();
             drop(r);
             samples.push(resolved);
-            CLOSE_NS.fetch_add(t.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+            CLOSE_NS.fetch_add(
+                t.elapsed().as_nanos() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             CLOSES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
@@ -68,7 +71,12 @@ fn main() {
     if !require_root() {
         return;
     }
-    println!("kernel: {}", std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim());
+    println!(
+        "kernel: {}",
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+    );
 
     // 1. resolve latency by source
     let ebpf = Tracker::start(&TrackerOptions {
@@ -80,12 +88,17 @@ fn main() {
     let mut pids = Vec::new();
     for i in 0..50 {
         let uid = format!("00000000-0000-4000-8000-{i:012}");
-        let dir = sandbox.container(Layout::SystemdContainerd, &uid, &format!("{i:064x}")).expect("cgroup");
+        let dir = sandbox
+            .container(Layout::SystemdContainerd, &uid, &format!("{i:064x}"))
+            .expect("cgroup");
         let pid = spawn_into_cgroup(&dir, Some(&["/bin/sleep", "600"]), None).expect("spawn");
         pids.push(pid);
     }
     for &pid in &pids {
-        wait_for(Duration::from_secs(5), || (comm(pid).as_deref() == Some("sleep")).then_some(())).expect("exec");
+        wait_for(Duration::from_secs(5), || {
+            (comm(pid).as_deref() == Some("sleep")).then_some(())
+        })
+        .expect("exec");
     }
     let procfs = Tracker::start(&TrackerOptions {
         mode: TrackerMode::Procfs,
@@ -98,7 +111,9 @@ fn main() {
         ..TrackerOptions::default()
     })
     .expect("pidfd tracker");
-    println!("\n[1] resolve(pid), 50 processes in kubelet-style cgroups, 400 rounds (warm path cache)");
+    println!(
+        "\n[1] resolve(pid), 50 processes in kubelet-style cgroups, 400 rounds (warm path cache)"
+    );
     // Warm-up, then interleave the sources so both see the same machine state.
     let _ = time_resolves(&ebpf, &pids, 20);
     let _ = time_resolves(&procfs, &pids, 20);
@@ -106,7 +121,10 @@ fn main() {
     let mut info_source = None;
     for _ in 0..40 {
         let (e, s) = time_resolves(&ebpf, &pids, 10);
-        assert!(matches!(s, Source::Ebpf(_)), "eBPF tracker answered from {s:?}");
+        assert!(
+            matches!(s, Source::Ebpf(_)),
+            "eBPF tracker answered from {s:?}"
+        );
         e_all.extend(e);
         let (p, s) = time_resolves(&procfs, &pids, 10);
         assert_eq!(s, Source::ProcCgroup);
@@ -120,7 +138,13 @@ fn main() {
     i_all.sort();
     let e = report("ebpf map", &e_all);
     let p = report("pidfd + /proc/<pid>/cgroup", &p_all);
-    let i = report(&format!("{}", info_source.expect("ran")).chars().take(28).collect::<String>(), &i_all);
+    let i = report(
+        &format!("{}", info_source.expect("ran"))
+            .chars()
+            .take(28)
+            .collect::<String>(),
+        &i_all,
+    );
     let p50 = |v: &[Duration]| percentile(v, 0.5).as_secs_f64();
     println!(
         "  => eBPF map vs /proc fallback: {:.1}x faster (mean), {:.1}x (p50); vs PIDFD_GET_INFO: {:.1}x (mean)",
@@ -144,17 +168,28 @@ fn main() {
     // 2. spawn overhead
     let rounds = 10;
     let per_round = 500;
-    println!("\n[2] {} spawns of /bin/true, {rounds} alternating rounds of {per_round}", rounds * per_round);
+    println!(
+        "\n[2] {} spawns of /bin/true, {rounds} alternating rounds of {per_round}",
+        rounds * per_round
+    );
     let _ = spawn_round(200); // warm-up
     let (mut detached, mut attached) = (Duration::ZERO, Duration::ZERO);
     for r in 0..rounds {
         if r % 2 == 0 {
             detached += spawn_round(per_round);
-            let t = Tracker::start(&TrackerOptions { mode: TrackerMode::Ebpf, ..TrackerOptions::default() }).expect("attach");
+            let t = Tracker::start(&TrackerOptions {
+                mode: TrackerMode::Ebpf,
+                ..TrackerOptions::default()
+            })
+            .expect("attach");
             attached += spawn_round(per_round);
             drop(t);
         } else {
-            let t = Tracker::start(&TrackerOptions { mode: TrackerMode::Ebpf, ..TrackerOptions::default() }).expect("attach");
+            let t = Tracker::start(&TrackerOptions {
+                mode: TrackerMode::Ebpf,
+                ..TrackerOptions::default()
+            })
+            .expect("attach");
             attached += spawn_round(per_round);
             drop(t);
             detached += spawn_round(per_round);
@@ -163,15 +198,23 @@ fn main() {
     let n = (rounds * per_round) as f64;
     // In-kernel cost of the programs themselves, from the kernel's own BPF run-time stats
     // (immune to the machine noise that dominates the wall-clock comparison on 2 shared vCPUs).
-    let t = Tracker::start(&TrackerOptions { mode: TrackerMode::Ebpf, ..TrackerOptions::default() }).expect("attach");
-    let stats_fd = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("enable BPF run-time stats");
+    let t = Tracker::start(&TrackerOptions {
+        mode: TrackerMode::Ebpf,
+        ..TrackerOptions::default()
+    })
+    .expect("attach");
+    let stats_fd =
+        aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("enable BPF run-time stats");
     let wall = spawn_round(1000);
     let stats = t.program_run_stats();
     drop(stats_fd);
     let total: Duration = stats.iter().map(|(_, _, d)| *d).sum();
     for (name, count, time) in &stats {
         if *count > 0 {
-            println!("  {name:<22} {count:>6} runs, {:>6.0} ns/run", time.as_nanos() as f64 / *count as f64);
+            println!(
+                "  {name:<22} {count:>6} runs, {:>6.0} ns/run",
+                time.as_nanos() as f64 / *count as f64
+            );
         }
     }
     println!(
@@ -191,8 +234,12 @@ fn main() {
     // 3. map memory
     println!("\n[3] kernel memory of the process map (preallocated hash, 16-byte values)");
     for max in [32_768u32, 65_536] {
-        let t = Tracker::start(&TrackerOptions { mode: TrackerMode::Ebpf, max_processes: max, ..TrackerOptions::default() })
-            .expect("tracker");
+        let t = Tracker::start(&TrackerOptions {
+            mode: TrackerMode::Ebpf,
+            max_processes: max,
+            ..TrackerOptions::default()
+        })
+        .expect("tracker");
         let empty = t.map_memory_bytes().unwrap_or(0);
         let added = t.fill_map_for_test();
         let full = t.map_memory_bytes().unwrap_or(0);
