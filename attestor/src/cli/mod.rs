@@ -4,6 +4,7 @@
 //! Each subcommand lives in its own file; this file only parses and dispatches.
 
 mod demo;
+mod logger;
 mod resolve;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,7 @@ pub enum Output {
 
 /// Parses the command line, runs the subcommand and returns the process exit code.
 pub fn main() -> i32 {
+    logger::init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -10,6 +10,9 @@ pub struct ResolveArgs {
     /// Process tracking: auto (eBPF, else fallback), ebpf (required) or procfs.
     #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
     pub tracker: ModeArg,
+    /// Forward the kernel programs' debug records (aya-log) to stderr (set ATTESTOR_LOG=debug).
+    #[arg(long)]
+    pub ebpf_log: bool,
     /// Output format.
     #[arg(long, value_enum, default_value_t = super::Output::Text)]
     pub output: super::Output,
@@ -45,6 +48,7 @@ pub fn json_of(r: &Resolution) -> serde_json::Value {
 pub fn run(args: &ResolveArgs) -> i32 {
     let opts = TrackerOptions {
         mode: args.tracker.into(),
+        ebpf_log_level: if args.ebpf_log { 4 } else { 0 },
         ..TrackerOptions::default()
     };
     let tracker = match Tracker::start(&opts) {
