@@ -15,7 +15,11 @@ impl Log for StderrLogger {
 
     fn log(&self, record: &Record<'_>) {
         if self.enabled(record.metadata()) {
-            eprintln!("{}: {}", record.level().as_str().to_ascii_lowercase(), record.args());
+            eprintln!(
+                "{}: {}",
+                record.level().as_str().to_ascii_lowercase(),
+                record.args()
+            );
         }
     }
 

@@ -53,10 +53,7 @@ pub fn run(args: &ResolveArgs) -> i32 {
     };
     let tracker = match Tracker::start(&opts) {
         Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 1;
-        }
+        Err(e) => return fail(args.output, &e),
     };
     match (tracker.resolve(args.pid), args.output) {
         (Ok(r), super::Output::Text) => {
@@ -71,16 +68,20 @@ pub fn run(args: &ResolveArgs) -> i32 {
             println!("{}", json_of(&r));
             0
         }
-        (Err(e), super::Output::Text) => {
-            eprintln!("error: {e}");
-            1
-        }
-        (Err(e), super::Output::Json) => {
+        (Err(e), output) => fail(output, &e),
+    }
+}
+
+/// Errors go to stderr in text mode and to stdout as `{"error":{"message":…}}` in JSON mode.
+fn fail(output: super::Output, e: &dyn std::fmt::Display) -> i32 {
+    match output {
+        super::Output::Text => eprintln!("error: {e}"),
+        super::Output::Json => {
             println!(
                 "{}",
                 serde_json::json!({"error": {"message": e.to_string()}})
-            );
-            1
+            )
         }
     }
+    1
 }

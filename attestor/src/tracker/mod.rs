@@ -166,6 +166,8 @@ pub enum ResolveError {
         "pid {0} exited while it was being resolved; its number may belong to another process now"
     )]
     Exited(i32),
+    #[error("pid {0} changed cgroup while it was being resolved; retry")]
+    CgroupChanged(i32),
     #[error("pid {pid}: {source}")]
     Cgroup { pid: i32, source: CgroupFsError },
     #[error("pid {pid}: {op} failed: {source}")]
@@ -305,32 +307,16 @@ impl Tracker {
             p => i32::try_from(p).map_err(|_| ResolveError::PidOutOfRange(p))?,
         };
         let pidfd = open_pidfd(pid)?;
-        let looked_up = match self.kernel.as_ref().and_then(|k| k.lookup(pid as u32)) {
-            Some(e) if e.flags & flags::KTHREAD != 0 => {
-                return Err(ResolveError::KernelThread(pid));
-            }
-            Some(e) if e.flags & flags::UNKNOWN == 0 => {
-                Ok((e.cgroup_id, Source::Ebpf(origin_of(e.origin))))
-            }
-            _ => self.fallback(pid, &pidfd),
-        };
+        let looked_up = self.lookup(pid, &pidfd);
         // The process behind the pidfd is still alive ⇒ whatever was read above was its own
         // (see the module doc). A pidfd becomes readable once its process exited: then it is
         // a zombie, or gone and its number possibly reused.
         if self.exited(pid, &pidfd)? {
             return Err(exited_or_zombie(pid));
         }
-        let (cgroup_id, source) = looked_up?;
-        if cgroup_id == ROOT_CGROUP_ID {
+        let (cgroup_id, source, cgroup_path) = looked_up?;
+        if cgroup_id == ROOT_CGROUP_ID || &*cgroup_path == "/" {
             // Kernel threads live in the root cgroup too; tell them apart (rare path).
-            check_process(pid)?;
-            return Err(ResolveError::RootCgroup(pid));
-        }
-        let cgroup_path = self
-            .cgroupfs
-            .path_of(cgroup_id)
-            .map_err(|source| ResolveError::Cgroup { pid, source })?;
-        if &*cgroup_path == "/" {
             check_process(pid)?;
             return Err(ResolveError::RootCgroup(pid));
         }
@@ -361,10 +347,54 @@ impl Tracker {
             .unwrap_or_default()
     }
 
-    fn fallback(&self, pid: i32, pidfd: &OwnedFd) -> Result<(u64, Source), ResolveError> {
+    /// Everything that depends on the process, done before the one liveness check.
+    fn lookup(&self, pid: i32, pidfd: &OwnedFd) -> Result<(u64, Source, Arc<str>), ResolveError> {
+        let (id, source, path) = match self.kernel.as_ref().and_then(|k| k.lookup(pid as u32)) {
+            Some(e) if e.flags & flags::KTHREAD != 0 => {
+                return Err(ResolveError::KernelThread(pid));
+            }
+            Some(e) if e.flags & flags::UNKNOWN == 0 => {
+                (e.cgroup_id, Source::Ebpf(origin_of(e.origin)), None)
+            }
+            _ => self.fallback(pid, pidfd)?,
+        };
+        if id == ROOT_CGROUP_ID {
+            return Ok((id, source, "/".into()));
+        }
+        let path = match path {
+            Some(p) => p,
+            None => self.path_of(pid, id)?,
+        };
+        Ok((id, source, path))
+    }
+
+    /// cgroup id → path by file handle; without CAP_DAC_READ_SEARCH, from `/proc/<pid>/cgroup`
+    /// checked against the id.
+    fn path_of(&self, pid: i32, id: u64) -> Result<Arc<str>, ResolveError> {
+        match self.cgroupfs.path_of(id) {
+            Ok(p) => Ok(p),
+            Err(CgroupFsError::Resolve { source, .. })
+                if source.raw_os_error() == Some(libc::EPERM) =>
+            {
+                let path = read_v2_path(pid)?;
+                match self.cgroupfs.id_of(&path) {
+                    Ok(same) if same == id => Ok(path.into()),
+                    // Moved meanwhile: the id we hold is no longer its cgroup.
+                    Ok(_) | Err(_) => Err(ResolveError::CgroupChanged(pid)),
+                }
+            }
+            Err(source) => Err(ResolveError::Cgroup { pid, source }),
+        }
+    }
+
+    fn fallback(
+        &self,
+        pid: i32,
+        pidfd: &OwnedFd,
+    ) -> Result<(u64, Source, Option<Arc<str>>), ResolveError> {
         if self.pidfd_info {
             match sys::pidfd_cgroup_id(pidfd.as_fd()) {
-                Ok(Some(id)) => return Ok((id, Source::PidfdInfo)),
+                Ok(Some(id)) => return Ok((id, Source::PidfdInfo, None)),
                 Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
                     return Err(ResolveError::Exited(pid));
                 }
@@ -386,7 +416,7 @@ impl Tracker {
             }
             source => ResolveError::Cgroup { pid, source },
         })?;
-        Ok((id, Source::ProcCgroup))
+        Ok((id, Source::ProcCgroup, Some(path.into())))
     }
 
     /// Writes entries for processes that existed before the programs were attached.
