@@ -11,4 +11,6 @@
 
 pub mod cli;
 pub mod locator;
+pub mod pods;
+pub mod selectors;
 pub mod status;
