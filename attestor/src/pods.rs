@@ -134,7 +134,7 @@ fn find_candidates(
     body: &[u8],
     target: &ContainerRef,
     opts: &SearchOptions,
-) -> ScanResult<Vec<Candidate>> {
+) -> Result<Vec<Candidate>, String> {
     let mut sc = Scanner::new(body);
     let mut items_seen = false;
     let mut candidates = Vec::new();
@@ -170,13 +170,11 @@ fn find_candidates(
             }
             Ok(())
         })
-    })?;
-    sc.end()?;
+    })
+    .and_then(|()| sc.end())
+    .map_err(|e| e.to_string())?;
     if !items_seen {
-        return Err(scan::ScanError {
-            offset: 0,
-            what: "no \"items\" field in the pod list",
-        });
+        return Err("no \"items\" field in the pod list".to_string());
     }
     Ok(candidates)
 }
@@ -520,7 +518,7 @@ mod tests {
             (b"{\"items\":{}}", "expected an array"),
             (b"{\"items\":[1]}", "expected an object"),
             (b"{\"items\":[]} x", "trailing characters"),
-            (b"", "expected an object"),
+            (b"", "unexpected end of input at byte 0"),
             (
                 b"{\"items\":[{\"metadata\":{\"uid\":5}}]}",
                 "expected a string",

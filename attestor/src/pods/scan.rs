@@ -75,11 +75,13 @@ impl<'a> Scanner<'a> {
     }
 
     fn expect(&mut self, c: u8, what: &'static str) -> ScanResult<()> {
-        if self.peek() == Some(c) {
-            self.pos += 1;
-            Ok(())
-        } else {
-            self.err(what)
+        match self.peek() {
+            Some(found) if found == c => {
+                self.pos += 1;
+                Ok(())
+            }
+            Some(_) => self.err(what),
+            None => self.err("unexpected end of input"),
         }
     }
 
