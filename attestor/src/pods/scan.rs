@@ -220,36 +220,44 @@ impl<'a> Scanner<'a> {
     /// (the pod that yields selectors is fully checked by serde_json, and the levels the search
     /// walks are checked by `object`/`array`). This is what makes the search ~2× faster.
     fn skip_container(&mut self) -> ScanResult<()> {
-        let mut closers = [0u8; MAX_DEPTH];
+        // Hot loop: work on locals, one bit per open bracket (1 = object) instead of a stack.
+        let b = self.b;
+        let mut i = self.pos;
+        let mut objects: u128 = 0;
         let mut depth = 0usize;
+        let fail = |offset: usize, what: &'static str| Err(ScanError { offset, what });
         loop {
-            let Some(&c) = self.b.get(self.pos) else {
-                return self.err("unexpected end of input");
+            let Some(&c) = b.get(i) else {
+                return fail(i, "unexpected end of input");
             };
             match CLASS[usize::from(c)] {
-                BORING => self.pos += 1,
-                QUOTE => {
-                    self.skip_string()?;
-                }
+                BORING => i += 1,
+                QUOTE => match string_end(b, i + 1) {
+                    Ok((end, _)) => i = end,
+                    Err(e) => return Err(e),
+                },
                 OPEN => {
                     if self.depth + depth >= MAX_DEPTH {
-                        return self.err("JSON nested too deeply");
+                        return fail(i, "JSON nested too deeply");
                     }
-                    closers[depth] = if c == b'{' { b'}' } else { b']' };
+                    objects = (objects << 1) | u128::from(c == b'{');
                     depth += 1;
-                    self.pos += 1;
+                    i += 1;
                 }
                 CLOSE => {
-                    if depth == 0 || closers[depth - 1] != c {
-                        return self.err("mismatched bracket");
+                    let is_object = objects & 1 == 1;
+                    if depth == 0 || is_object != (c == b'}') {
+                        return fail(i, "mismatched bracket");
                     }
+                    objects >>= 1;
                     depth -= 1;
-                    self.pos += 1;
+                    i += 1;
                     if depth == 0 {
+                        self.pos = i;
                         return Ok(());
                     }
                 }
-                _ => return self.err("unexpected character"),
+                _ => return fail(i, "unexpected character"),
             }
         }
     }
@@ -306,34 +314,38 @@ impl<'a> Scanner<'a> {
         if self.b.get(self.pos) != Some(&b'"') {
             return self.err("expected a string");
         }
-        self.pos += 1;
-        let mut escaped = false;
-        loop {
-            self.pos = find_special(self.b, self.pos);
-            match self.b.get(self.pos) {
-                None => return self.err("unterminated string"),
-                Some(b'"') => {
-                    self.pos += 1;
-                    return Ok(escaped);
-                }
-                Some(b'\\') => {
-                    escaped = true;
-                    match self.b.get(self.pos + 1) {
-                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
-                            self.pos += 2
+        let (end, escaped) = string_end(self.b, self.pos + 1)?;
+        self.pos = end;
+        Ok(escaped)
+    }
+}
+
+/// Given the index just after an opening `"`, the index just after the closing one and
+/// whether the string had escapes.
+#[inline]
+fn string_end(b: &[u8], mut i: usize) -> ScanResult<(usize, bool)> {
+    let fail = |offset: usize, what: &'static str| Err(ScanError { offset, what });
+    let mut escaped = false;
+    loop {
+        i = find_special(b, i);
+        match b.get(i) {
+            None => return fail(i, "unterminated string"),
+            Some(b'"') => return Ok((i + 1, escaped)),
+            Some(b'\\') => {
+                escaped = true;
+                match b.get(i + 1) {
+                    Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
+                    Some(b'u') => {
+                        let hex = b.get(i + 2..i + 6);
+                        if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                            return fail(i, "invalid \\u escape in string");
                         }
-                        Some(b'u') => {
-                            let hex = self.b.get(self.pos + 2..self.pos + 6);
-                            if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
-                                return self.err("invalid \\u escape in string");
-                            }
-                            self.pos += 6;
-                        }
-                        _ => return self.err("invalid escape in string"),
+                        i += 6;
                     }
+                    _ => return fail(i, "invalid escape in string"),
                 }
-                Some(_) => return self.err("control character in string"),
             }
+            Some(_) => return fail(i, "control character in string"),
         }
     }
 }
@@ -363,6 +375,7 @@ static CLASS: [u8; 256] = {
 
 /// Index of the first byte at or after `from` that is `"`, `\` or a control character
 /// (< 0x20), or `b.len()`. Eight bytes at a time with the classic "has zero byte" bit tricks.
+#[inline]
 fn find_special(b: &[u8], mut i: usize) -> usize {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
@@ -377,8 +390,11 @@ fn find_special(b: &[u8], mut i: usize) -> usize {
         let hits = (quote.wrapping_sub(LO) & !quote)
             | (backslash.wrapping_sub(LO) & !backslash)
             | (x.wrapping_sub(LO * 0x20) & !x);
-        if hits & HI != 0 {
-            break;
+        let hits = hits & HI;
+        if hits != 0 {
+            // Borrows only propagate upwards from a real hit, so the lowest flagged byte is
+            // the first special one.
+            return i + (hits.trailing_zeros() / 8) as usize;
         }
         i += 8;
     }
