@@ -6,6 +6,8 @@
 //! (`DeadlineExceeded` "no selectors found after max poll attempts", or `Unavailable` with
 //! the last pod-list error), without sleeping.
 
+#![forbid(unsafe_code)]
+
 use std::path::Path;
 
 use super::{Failure, OutputFormat};
