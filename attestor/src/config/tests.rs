@@ -435,3 +435,19 @@ fn json_null_means_unset() {
     let c = ok(r#"{"kubelet_secure_port": null, "node_name": null, "experimental": null}"#);
     assert_eq!(c, Config::default());
 }
+
+#[test]
+fn empty_strings_mean_defaults_or_unset() {
+    let c = ok(
+        "kubelet_ca_path = \"\"\ntoken_path = \"\"\ncertificate_path = \"\"\nprivate_key_path = \"\"\nnode_name = \"\"",
+    );
+    assert_eq!(c, Config::default());
+}
+
+#[test]
+fn repeated_keys_last_one_wins() {
+    assert_eq!(
+        ok("kubelet_secure_port = 1\nkubelet_secure_port = 2").kubelet_port(),
+        KubeletPort::Secure(2)
+    );
+}
