@@ -1,13 +1,21 @@
 //! Command-line surface. `main` maps every outcome to an exit code here, in one place:
 //! 0 success, 1 the operation failed (the error says why), 2 usage error.
 //!
-//! Each subcommand lives in its own file; this file only parses and dispatches.
+//! Each subcommand lives in its own file; this file only parses, dispatches and reports.
 
+use std::path::PathBuf;
+
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+
+use crate::status::Status;
+
+mod check_config;
 mod demo;
 mod logger;
+mod replay;
 mod resolve;
 
-use clap::{Parser, Subcommand};
+pub use replay::replay;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,13 +35,77 @@ enum Command {
     Resolve(resolve::ResolveArgs),
     /// Demo without a cluster (needs root): tracker + workloads in kubelet-style cgroups.
     Demo,
+    /// Compute the k8s selectors of a workload, exactly as SPIRE's k8s attestor would.
+    Attest(AttestArgs),
+    /// Validate a plugin_data file (HCL, or JSON if it is a JSON object).
+    CheckConfig {
+        /// The plugin_data file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
-/// Output format shared by the subcommands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
+/// Where the workload comes from. Replay takes recorded files; the group leaves room for a
+/// live source (`--pid`) that conflicts with them.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("source").required(true).args(["cgroup_file"])))]
+struct AttestArgs {
+    /// Replay: the workload's /proc/<pid>/cgroup file (cgroup v2 `0::/path` or v1 lines).
+    #[arg(long, value_name = "FILE", requires = "pods_file")]
+    cgroup_file: Option<PathBuf>,
+    /// Replay: a kubelet `/pods` response body; it never changes, so a container that is not
+    /// in it gives SPIRE's give-up result at once.
+    #[arg(long, value_name = "FILE", requires = "cgroup_file")]
+    pods_file: Option<PathBuf>,
+    /// plugin_data file: HCL, or JSON if the file is a JSON object.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// `text`: one `k8s:` selector per line. `json`: {"selectors":[…]} or {"error":{…}}.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum OutputFormat {
     Text,
     Json,
+}
+
+/// A failed command: the status to report, how to report it, and any further problems
+/// (e.g. every configuration error after the first).
+struct Failure {
+    status: Status,
+    format: OutputFormat,
+    notes: Vec<Status>,
+}
+
+impl Failure {
+    fn text(status: Status) -> Self {
+        Failure {
+            status,
+            format: OutputFormat::Text,
+            notes: Vec::new(),
+        }
+    }
+
+    /// Text goes to stderr (`error: <Code>: <message>`); JSON to stdout, so scripts read one
+    /// stream whatever happened.
+    fn report(&self) {
+        match self.format {
+            OutputFormat::Text => {
+                eprintln!("error: {}", self.status);
+                for note in &self.notes {
+                    eprintln!("error: {note}");
+                }
+            }
+            OutputFormat::Json => {
+                let body = serde_json::json!({
+                    "error": {"code": self.status.code.name(), "message": self.status.message}
+                });
+                println!("{body}");
+            }
+        }
+    }
 }
 
 /// Parses the command line, runs the subcommand and returns the process exit code.
@@ -47,12 +119,28 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    match cli.command {
-        Some(Command::Resolve(args)) => resolve::run(&args),
-        Some(Command::Demo) => demo::run(),
+    let result = match cli.command {
         None => {
             print_plugin_help();
-            0
+            Ok(())
+        }
+        Some(Command::Attest(args)) => match &args.cgroup_file {
+            Some(cgroup_file) => replay::run(cgroup_file, args.pods_file.as_deref(), &args),
+            // clap's `source` group requires one source.
+            None => Err(Failure::text(Status::new(
+                crate::status::Code::InvalidArgument,
+                "attest needs a workload source: --cgroup-file with --pods-file",
+            ))),
+        },
+        Some(Command::CheckConfig { file }) => check_config::run(&file),
+        Some(Command::Resolve(args)) => return resolve::run(&args),
+        Some(Command::Demo) => return demo::run(),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(failure) => {
+            failure.report();
+            1
         }
     }
 }

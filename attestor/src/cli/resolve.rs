@@ -14,8 +14,8 @@ pub struct ResolveArgs {
     #[arg(long)]
     pub ebpf_log: bool,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = super::Output::Text)]
-    pub output: super::Output,
+    #[arg(long, value_enum, default_value_t = super::OutputFormat::Text)]
+    pub output: super::OutputFormat,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -56,7 +56,7 @@ pub fn run(args: &ResolveArgs) -> i32 {
         Err(e) => return fail(args.output, &e),
     };
     match (tracker.resolve(args.pid), args.output) {
-        (Ok(r), super::Output::Text) => {
+        (Ok(r), super::OutputFormat::Text) => {
             println!("pid:         {}", r.pid);
             println!("cgroup id:   {}", r.cgroup_id);
             println!("cgroup path: {}", r.cgroup_path);
@@ -64,7 +64,7 @@ pub fn run(args: &ResolveArgs) -> i32 {
             println!("elapsed:     {:?}", r.elapsed);
             0
         }
-        (Ok(r), super::Output::Json) => {
+        (Ok(r), super::OutputFormat::Json) => {
             println!("{}", json_of(&r));
             0
         }
@@ -73,10 +73,10 @@ pub fn run(args: &ResolveArgs) -> i32 {
 }
 
 /// Errors go to stderr in text mode and to stdout as `{"error":{"message":…}}` in JSON mode.
-fn fail(output: super::Output, e: &dyn std::fmt::Display) -> i32 {
+fn fail(output: super::OutputFormat, e: &dyn std::fmt::Display) -> i32 {
     match output {
-        super::Output::Text => eprintln!("error: {e}"),
-        super::Output::Json => {
+        super::OutputFormat::Text => eprintln!("error: {e}"),
+        super::OutputFormat::Json => {
             println!(
                 "{}",
                 serde_json::json!({"error": {"message": e.to_string()}})

@@ -1,0 +1,94 @@
+//! `attestor attest --cgroup-file F --pods-file P`: SPIRE's attestation on recorded inputs.
+//!
+//! Same steps as a live attestation — locate the container from the cgroup file, search the
+//! pod list, build selectors — with one difference: the pod list never changes, so where
+//! SPIRE would poll `max_poll_attempts` times it gives SPIRE's final answer at once
+//! (`DeadlineExceeded` "no selectors found after max poll attempts", or `Unavailable` with
+//! the last pod-list error), without sleeping.
+
+#![forbid(unsafe_code)]
+
+use std::path::Path;
+
+use super::{Failure, OutputFormat};
+use crate::config::Config;
+use crate::locator;
+use crate::pods::{self, PodsError};
+use crate::status::{Code, Status};
+
+/// Runs the replay and prints the selectors (`k8s:`-prefixed, sorted).
+pub(super) fn run(
+    cgroup_file: &Path,
+    pods_file: Option<&Path>,
+    args: &super::AttestArgs,
+) -> Result<(), Failure> {
+    let fail = |status: Status| Failure {
+        status,
+        format: args.output,
+        notes: Vec::new(),
+    };
+    let config = match &args.config {
+        Some(path) => {
+            let text = read(path, "--config").map_err(fail)?;
+            Config::parse(&text).map_err(|e| fail(e.into()))?
+        }
+        None => Config::default(),
+    };
+    let cgroups = read(cgroup_file, "--cgroup-file").map_err(fail)?;
+    // Like SPIRE, the pod list is only read once a container ID is known.
+    let read_pods = || match pods_file {
+        Some(path) => std::fs::read(path).map_err(|e| read_error(path, "--pods-file", &e)),
+        None => Err(Status::new(
+            Code::InvalidArgument,
+            "--pods-file is required",
+        )),
+    };
+    let selectors = replay(&cgroups, read_pods, &config).map_err(fail)?;
+    match args.output {
+        OutputFormat::Text => {
+            for s in &selectors {
+                println!("k8s:{s}");
+            }
+        }
+        OutputFormat::Json => {
+            let prefixed: Vec<String> = selectors.iter().map(|s| format!("k8s:{s}")).collect();
+            println!("{}", serde_json::json!({ "selectors": prefixed }));
+        }
+    }
+    Ok(())
+}
+
+/// The replay itself, without I/O but the pod-list read (done only when needed): selector
+/// values without the `k8s:` prefix, sorted; empty when the process is not in a pod.
+pub fn replay(
+    cgroups: &str,
+    read_pods: impl FnOnce() -> Result<Vec<u8>, Status>,
+    config: &Config,
+) -> Result<Vec<String>, Status> {
+    let Some(target) = locator::locate_cgroup_file(cgroups)? else {
+        return Ok(Vec::new());
+    };
+    let body = read_pods()?;
+    match pods::search(&body, &target, &config.search_options()) {
+        Ok(Some(selectors)) => Ok(selectors),
+        // Every later poll would see the same list.
+        Ok(None) => Err(Status::new(
+            Code::DeadlineExceeded,
+            "no selectors found after max poll attempts",
+        )),
+        // SPIRE retries these, then reports the last one as Unavailable.
+        Err(e @ PodsError::InvalidList(_)) => Err(Status::new(Code::Unavailable, e.to_string())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn read(path: &Path, flag: &str) -> Result<String, Status> {
+    std::fs::read_to_string(path).map_err(|e| read_error(path, flag, &e))
+}
+
+fn read_error(path: &Path, flag: &str, e: &std::io::Error) -> Status {
+    Status::new(
+        Code::InvalidArgument,
+        format!("unable to read {flag} file {}: {e}", path.display()),
+    )
+}

@@ -1,0 +1,659 @@
+//! `plugin_data` → validated [`Config`], with SPIRE's keys, defaults and error texts
+//! (study §1), plus this project's own `tracker` keys (documented in `CONFIG.md`).
+//!
+//! Two stages, as "parse, don't validate" asks:
+//! 1. [`hcl`] turns the text (HCL v1 as the agent re-prints it, or JSON) into a raw value tree;
+//! 2. [`Config::parse`] decodes the keys it knows into typed options, then validates them,
+//!    collecting every problem. The first one becomes the `InvalidArgument` status, as in
+//!    SPIRE (which keeps the rest as `Validate` notes; [`ConfigErrors`] keeps them too).
+//!
+//! Keys SPIRE has but we do not implement yet are refused, never silently ignored:
+//! `sigstore`, `experimental.broker`, `enable_namespace_labels = true`,
+//! `disable_kubelet_client = true` and `use_new_container_locator = false`.
+//! `experimental.api_server.cache.enabled` is accepted: in SPIRE it only affects the Broker
+//! API and namespace-label lookups, which cannot be enabled here, so it has no effect either.
+//!
+//! Out of scope: reading the CA, token and key files (the kubelet client does that at
+//! configure time and on reload; SPIRE's `Validate` does not read them either).
+
+#![forbid(unsafe_code)]
+
+mod duration;
+pub mod hcl;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use duration::parse_go_duration;
+use hcl::Value;
+
+use crate::pods::SearchOptions;
+use crate::status::{Code, Status};
+
+pub const DEFAULT_KUBELET_SECURE_PORT: u16 = 10250;
+pub const DEFAULT_KUBELET_CA_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
+pub const DEFAULT_TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+pub const DEFAULT_NODE_NAME_ENV: &str = "MY_NODE_NAME";
+pub const DEFAULT_MAX_POLL_ATTEMPTS: u64 = 60;
+pub const DEFAULT_POLL_RETRY_INTERVAL: Duration = Duration::from_millis(500);
+pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(60);
+pub const DEFAULT_TRACKER_MAX_PROCESSES: u32 = 65536;
+pub const TRACKER_MAX_PROCESSES_RANGE: std::ops::RangeInclusive<i64> = 1024..=4_194_304;
+
+/// One configuration problem. Texts match SPIRE's where SPIRE has the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The text is not HCL/JSON, or a key has a value of the wrong type.
+    #[error("unable to decode configuration: {0}")]
+    Decode(String),
+    #[error("unknown configurations detected: {}", .0.join(","))]
+    UnknownKeys(Vec<String>),
+    /// A SPIRE key whose feature this attestor does not have yet.
+    #[error("{key} is not supported yet: {hint}")]
+    NotSupported {
+        key: &'static str,
+        hint: &'static str,
+    },
+    #[error("cannot use both the read-only and secure port")]
+    BothPorts,
+    #[error("disable_kubelet_client cannot be used with {0}")]
+    DisableKubeletClientWith(&'static str),
+    #[error("unable to parse poll retry interval: {0}")]
+    PollRetryInterval(String),
+    #[error("unable to parse reload interval: {0}")]
+    ReloadInterval(String),
+    /// A value outside what the key allows (our keys, and port numbers).
+    #[error("{key} {reason}")]
+    InvalidValue { key: &'static str, reason: String },
+}
+
+/// Every problem found, in check order; the first is the one SPIRE would report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.first() {
+            Some(first) => write!(f, "{first}"),
+            None => write!(f, "invalid configuration"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl From<ConfigErrors> for Status {
+    fn from(e: ConfigErrors) -> Self {
+        Status::new(Code::InvalidArgument, e.to_string())
+    }
+}
+
+/// Which kubelet endpoint to call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KubeletPort {
+    /// Plain HTTP to `127.0.0.1:<port>` (node name ignored).
+    ReadOnly(u16),
+    /// HTTPS to `<node name or 127.0.0.1>:<port>`.
+    Secure(u16),
+}
+
+/// How to authenticate to the kubelet's secure port (SPIRE's precedence).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KubeletAuth {
+    /// `use_anonymous_authentication`: wins over everything else.
+    Anonymous,
+    /// `certificate_path` + `private_key_path`: wins over the token.
+    ClientCertificate { cert: PathBuf, key: PathBuf },
+    /// Bearer token read (and whitespace-trimmed) from this file.
+    Token(PathBuf),
+}
+
+/// How processes are mapped to cgroups (our key `tracker`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tracker {
+    /// eBPF, falling back to /proc with a warning when eBPF cannot be used.
+    Auto,
+    /// eBPF or fail at start.
+    Ebpf,
+    /// /proc only.
+    Procfs,
+}
+
+/// Validated plugin configuration. Construct with [`Config::parse`] or `Config::default()`
+/// (SPIRE's defaults, as an empty `plugin_data` gives).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    kubelet_port: KubeletPort,
+    kubelet_ca_path: PathBuf,
+    skip_kubelet_verification: bool,
+    token_path: PathBuf,
+    certificate_path: Option<PathBuf>,
+    private_key_path: Option<PathBuf>,
+    use_anonymous_authentication: bool,
+    node_name_env: String,
+    node_name: Option<String>,
+    max_poll_attempts: u64,
+    poll_retry_interval: Duration,
+    reload_interval: Duration,
+    disable_container_selectors: bool,
+    verbose_container_locator_logs: bool,
+    api_server_cache: bool,
+    tracker: Tracker,
+    tracker_max_processes: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            kubelet_port: KubeletPort::Secure(DEFAULT_KUBELET_SECURE_PORT),
+            kubelet_ca_path: PathBuf::from(DEFAULT_KUBELET_CA_PATH),
+            skip_kubelet_verification: false,
+            token_path: PathBuf::from(DEFAULT_TOKEN_PATH),
+            certificate_path: None,
+            private_key_path: None,
+            use_anonymous_authentication: false,
+            node_name_env: DEFAULT_NODE_NAME_ENV.to_string(),
+            node_name: None,
+            max_poll_attempts: DEFAULT_MAX_POLL_ATTEMPTS,
+            poll_retry_interval: DEFAULT_POLL_RETRY_INTERVAL,
+            reload_interval: DEFAULT_RELOAD_INTERVAL,
+            disable_container_selectors: false,
+            verbose_container_locator_logs: false,
+            api_server_cache: false,
+            tracker: Tracker::Auto,
+            tracker_max_processes: DEFAULT_TRACKER_MAX_PROCESSES,
+        }
+    }
+}
+
+impl Config {
+    /// Parses `plugin_data`: JSON if the text is a JSON object, HCL v1 otherwise.
+    pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        let items = match hcl::parse_json_object(text) {
+            Some(items) => items,
+            None => hcl::parse(text)
+                .map_err(|e| ConfigErrors(vec![ConfigError::Decode(e.to_string())]))?,
+        };
+        let raw = Raw::decode(&items).map_err(|e| ConfigErrors(vec![ConfigError::Decode(e)]))?;
+        raw.validate()
+    }
+
+    pub fn kubelet_port(&self) -> KubeletPort {
+        self.kubelet_port
+    }
+
+    /// CA bundle for the kubelet's certificate (unused with `skip_kubelet_verification`).
+    pub fn kubelet_ca_path(&self) -> &Path {
+        &self.kubelet_ca_path
+    }
+
+    pub fn skip_kubelet_verification(&self) -> bool {
+        self.skip_kubelet_verification
+    }
+
+    pub fn token_path(&self) -> &Path {
+        &self.token_path
+    }
+
+    pub fn certificate_path(&self) -> Option<&Path> {
+        self.certificate_path.as_deref()
+    }
+
+    pub fn private_key_path(&self) -> Option<&Path> {
+        self.private_key_path.as_deref()
+    }
+
+    pub fn use_anonymous_authentication(&self) -> bool {
+        self.use_anonymous_authentication
+    }
+
+    /// The credentials to present, with SPIRE's precedence: anonymous, then client
+    /// certificate, then token. A certificate without key (or the reverse) is the
+    /// `InvalidArgument` SPIRE reports when it builds the kubelet client.
+    pub fn kubelet_auth(&self) -> Result<KubeletAuth, Status> {
+        if self.use_anonymous_authentication {
+            return Ok(KubeletAuth::Anonymous);
+        }
+        match (&self.certificate_path, &self.private_key_path) {
+            (Some(cert), Some(key)) => Ok(KubeletAuth::ClientCertificate {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (Some(_), None) => Err(Status::new(
+                Code::InvalidArgument,
+                "the private key path is required with the certificate path",
+            )),
+            (None, Some(_)) => Err(Status::new(
+                Code::InvalidArgument,
+                "the certificate path is required with the private key path",
+            )),
+            (None, None) => Ok(KubeletAuth::Token(self.token_path.clone())),
+        }
+    }
+
+    /// The node name: `node_name` if set, else the value of the variable named by
+    /// `node_name_env` (default `MY_NODE_NAME`), even if empty; "" if unset.
+    /// `env` looks a variable up (`|k| std::env::var(k).ok()` in production).
+    pub fn node_name(&self, env: impl Fn(&str) -> Option<String>) -> String {
+        match &self.node_name {
+            Some(name) => name.clone(),
+            None => env(&self.node_name_env).unwrap_or_default(),
+        }
+    }
+
+    /// The host to contact: `127.0.0.1` for the read-only port or when the node name is
+    /// empty, else the node name (also the TLS server name then).
+    pub fn kubelet_host(&self, env: impl Fn(&str) -> Option<String>) -> String {
+        let name = match self.kubelet_port {
+            KubeletPort::ReadOnly(_) => String::new(),
+            KubeletPort::Secure(_) => self.node_name(env),
+        };
+        if name.is_empty() {
+            "127.0.0.1".to_string()
+        } else {
+            name
+        }
+    }
+
+    pub fn max_poll_attempts(&self) -> u64 {
+        self.max_poll_attempts
+    }
+
+    pub fn poll_retry_interval(&self) -> Duration {
+        self.poll_retry_interval
+    }
+
+    /// How often CA, certificate, key and token are re-read.
+    pub fn reload_interval(&self) -> Duration {
+        self.reload_interval
+    }
+
+    pub fn disable_container_selectors(&self) -> bool {
+        self.disable_container_selectors
+    }
+
+    /// Always true: the legacy locator is refused at parse time.
+    pub fn use_new_container_locator(&self) -> bool {
+        true
+    }
+
+    pub fn verbose_container_locator_logs(&self) -> bool {
+        self.verbose_container_locator_logs
+    }
+
+    /// `experimental.api_server.cache.enabled` (accepted, no effect yet; see module doc).
+    pub fn experimental_api_server_cache(&self) -> bool {
+        self.api_server_cache
+    }
+
+    pub fn tracker(&self) -> Tracker {
+        self.tracker
+    }
+
+    pub fn tracker_max_processes(&self) -> u32 {
+        self.tracker_max_processes
+    }
+
+    /// Options for [`crate::pods::search`].
+    pub fn search_options(&self) -> SearchOptions {
+        SearchOptions::new(self.disable_container_selectors)
+    }
+}
+
+// --- Stage 2a: raw keys → typed options ---------------------------------------------------
+
+/// The keys as written, typed but not yet checked. `None` = absent (or JSON null).
+#[derive(Debug, Default)]
+struct Raw {
+    kubelet_read_only_port: Option<i64>,
+    kubelet_secure_port: Option<i64>,
+    kubelet_ca_path: Option<String>,
+    skip_kubelet_verification: Option<bool>,
+    token_path: Option<String>,
+    certificate_path: Option<String>,
+    private_key_path: Option<String>,
+    use_anonymous_authentication: Option<bool>,
+    node_name_env: Option<String>,
+    node_name: Option<String>,
+    max_poll_attempts: Option<i64>,
+    poll_retry_interval: Option<String>,
+    reload_interval: Option<String>,
+    disable_container_selectors: Option<bool>,
+    use_new_container_locator: Option<bool>,
+    verbose_container_locator_logs: Option<bool>,
+    enable_namespace_labels: Option<bool>,
+    disable_kubelet_client: Option<bool>,
+    sigstore: bool,
+    broker: bool,
+    api_server_cache: Option<bool>,
+    tracker: Option<String>,
+    tracker_max_processes: Option<i64>,
+    unknown: Vec<String>,
+}
+
+impl Raw {
+    fn decode(items: &[(String, Value)]) -> Result<Raw, String> {
+        let mut raw = Raw::default();
+        for (key, value) in items {
+            // HCL v1 matches struct fields case-insensitively; so do we.
+            match key.to_ascii_lowercase().as_str() {
+                "kubelet_read_only_port" => raw.kubelet_read_only_port = int(key, value)?,
+                "kubelet_secure_port" => raw.kubelet_secure_port = int(key, value)?,
+                "kubelet_ca_path" => raw.kubelet_ca_path = string(key, value)?,
+                "skip_kubelet_verification" => raw.skip_kubelet_verification = boolean(key, value)?,
+                "token_path" => raw.token_path = string(key, value)?,
+                "certificate_path" => raw.certificate_path = string(key, value)?,
+                "private_key_path" => raw.private_key_path = string(key, value)?,
+                "use_anonymous_authentication" => {
+                    raw.use_anonymous_authentication = boolean(key, value)?
+                }
+                "node_name_env" => raw.node_name_env = string(key, value)?,
+                "node_name" => raw.node_name = string(key, value)?,
+                "max_poll_attempts" => raw.max_poll_attempts = int(key, value)?,
+                "poll_retry_interval" => raw.poll_retry_interval = string(key, value)?,
+                "reload_interval" => raw.reload_interval = string(key, value)?,
+                "disable_container_selectors" => {
+                    raw.disable_container_selectors = boolean(key, value)?
+                }
+                "use_new_container_locator" => raw.use_new_container_locator = boolean(key, value)?,
+                "verbose_container_locator_logs" => {
+                    raw.verbose_container_locator_logs = boolean(key, value)?
+                }
+                "enable_namespace_labels" => raw.enable_namespace_labels = boolean(key, value)?,
+                "disable_kubelet_client" => raw.disable_kubelet_client = boolean(key, value)?,
+                // Refused whatever it holds, so its sub-keys are not decoded.
+                "sigstore" => raw.sigstore |= !matches!(value, Value::Null),
+                "experimental" => {
+                    for (key, value) in object(key, value)? {
+                        match key.to_ascii_lowercase().as_str() {
+                            "broker" => raw.broker |= !matches!(value, Value::Null),
+                            "api_server" => raw.decode_api_server(key, value)?,
+                            _ => raw.unknown.push(key.clone()),
+                        }
+                    }
+                }
+                "tracker" => raw.tracker = string(key, value)?,
+                "tracker_max_processes" => raw.tracker_max_processes = int(key, value)?,
+                _ => raw.unknown.push(key.clone()),
+            }
+        }
+        Ok(raw)
+    }
+
+    fn decode_api_server(&mut self, key: &str, value: &Value) -> Result<(), String> {
+        for (key, value) in object(key, value)? {
+            if !key.eq_ignore_ascii_case("cache") {
+                self.unknown.push(key.clone());
+                continue;
+            }
+            for (key, value) in object(key, value)? {
+                if key.eq_ignore_ascii_case("enabled") {
+                    self.api_server_cache = boolean(key, value)?;
+                } else {
+                    self.unknown.push(key.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // --- Stage 2b: typed options → Config, every rule checked --------------------------
+
+    fn validate(self) -> Result<Config, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut config = Config::default();
+
+        if !self.unknown.is_empty() {
+            let mut keys = self.unknown.clone();
+            keys.sort();
+            keys.dedup();
+            errors.push(ConfigError::UnknownKeys(keys));
+        }
+
+        if self.sigstore {
+            errors.push(ConfigError::NotSupported {
+                key: "sigstore",
+                hint: "image signature verification is not implemented; remove the sigstore block",
+            });
+        }
+        if self.broker {
+            errors.push(ConfigError::NotSupported {
+                key: "experimental.broker",
+                hint: "the SPIRE Broker API is not implemented; remove the broker block",
+            });
+        }
+        if self.enable_namespace_labels == Some(true) {
+            errors.push(ConfigError::NotSupported {
+                key: "enable_namespace_labels",
+                hint: "ns-label selectors need the Kubernetes API server, which this attestor does not call; remove the key or set it to false",
+            });
+        }
+        if self.disable_kubelet_client == Some(true) {
+            // SPIRE's own exclusivity check first, so its message comes first.
+            let set: [(&'static str, bool); 11] = [
+                (
+                    "kubelet_read_only_port",
+                    self.kubelet_read_only_port.is_some_and(|p| p != 0),
+                ),
+                (
+                    "kubelet_secure_port",
+                    self.kubelet_secure_port.is_some_and(|p| p != 0),
+                ),
+                ("kubelet_ca_path", non_empty(&self.kubelet_ca_path)),
+                (
+                    "skip_kubelet_verification",
+                    self.skip_kubelet_verification == Some(true),
+                ),
+                ("token_path", non_empty(&self.token_path)),
+                ("certificate_path", non_empty(&self.certificate_path)),
+                ("private_key_path", non_empty(&self.private_key_path)),
+                (
+                    "use_anonymous_authentication",
+                    self.use_anonymous_authentication == Some(true),
+                ),
+                ("node_name_env", non_empty(&self.node_name_env)),
+                ("node_name", non_empty(&self.node_name)),
+                ("reload_interval", non_empty(&self.reload_interval)),
+            ];
+            for (key, is_set) in set {
+                if is_set {
+                    errors.push(ConfigError::DisableKubeletClientWith(key));
+                }
+            }
+            errors.push(ConfigError::NotSupported {
+                key: "disable_kubelet_client",
+                hint: "this attestor always reads pods from the kubelet; remove the key or set it to false",
+            });
+        }
+        if self.use_new_container_locator == Some(false) {
+            errors.push(ConfigError::NotSupported {
+                key: "use_new_container_locator = false",
+                hint: "the legacy container locator is not implemented (SPIRE deprecates it); remove the key or set it to true",
+            });
+        }
+
+        // Values ≤ 0 mean "unset".
+        let read_only = self.kubelet_read_only_port.filter(|&p| p > 0);
+        let secure = self.kubelet_secure_port.filter(|&p| p > 0);
+        match (read_only, secure) {
+            (Some(_), Some(_)) => errors.push(ConfigError::BothPorts),
+            (Some(p), None) => match port("kubelet_read_only_port", p) {
+                Ok(p) => config.kubelet_port = KubeletPort::ReadOnly(p),
+                Err(e) => errors.push(e),
+            },
+            (None, Some(p)) => match port("kubelet_secure_port", p) {
+                Ok(p) => config.kubelet_port = KubeletPort::Secure(p),
+                Err(e) => errors.push(e),
+            },
+            (None, None) => {}
+        }
+
+        if let Some(interval) = self.poll_retry_interval.filter(|s| !s.is_empty()) {
+            match parse_go_duration(&interval) {
+                Ok(ns) if ns > 0 => config.poll_retry_interval = nanos(ns),
+                Ok(_) => {}
+                Err(e) => errors.push(ConfigError::PollRetryInterval(e)),
+            }
+        }
+        if let Some(interval) = self.reload_interval.filter(|s| !s.is_empty()) {
+            match parse_go_duration(&interval) {
+                Ok(ns) if ns > 0 => config.reload_interval = nanos(ns),
+                Ok(_) => {}
+                Err(e) => errors.push(ConfigError::ReloadInterval(e)),
+            }
+        }
+
+        match self.tracker.as_deref() {
+            None | Some("auto") => config.tracker = Tracker::Auto,
+            Some("ebpf") => config.tracker = Tracker::Ebpf,
+            Some("procfs") => config.tracker = Tracker::Procfs,
+            Some(other) => errors.push(ConfigError::InvalidValue {
+                key: "tracker",
+                reason: format!(
+                    "must be \"auto\", \"ebpf\" or \"procfs\", got {}",
+                    crate::locator::go_quote(other)
+                ),
+            }),
+        }
+        if let Some(n) = self.tracker_max_processes {
+            match u32::try_from(n) {
+                Ok(v) if TRACKER_MAX_PROCESSES_RANGE.contains(&n) => {
+                    config.tracker_max_processes = v
+                }
+                _ => errors.push(ConfigError::InvalidValue {
+                    key: "tracker_max_processes",
+                    reason: format!(
+                        "must be between {} and {}, got {n}",
+                        TRACKER_MAX_PROCESSES_RANGE.start(),
+                        TRACKER_MAX_PROCESSES_RANGE.end()
+                    ),
+                }),
+            }
+        }
+
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+
+        if let Some(path) = self.kubelet_ca_path.filter(|s| !s.is_empty()) {
+            config.kubelet_ca_path = PathBuf::from(path);
+        }
+        if let Some(path) = self.token_path.filter(|s| !s.is_empty()) {
+            config.token_path = PathBuf::from(path);
+        }
+        config.skip_kubelet_verification = self.skip_kubelet_verification.unwrap_or(false);
+        config.certificate_path = self
+            .certificate_path
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from);
+        config.private_key_path = self
+            .private_key_path
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from);
+        config.use_anonymous_authentication = self.use_anonymous_authentication.unwrap_or(false);
+        if let Some(env) = self.node_name_env.filter(|s| !s.is_empty()) {
+            config.node_name_env = env;
+        }
+        config.node_name = self.node_name.filter(|s| !s.is_empty());
+        if let Some(n) = self.max_poll_attempts.filter(|&n| n > 0) {
+            // n > 0, so it fits.
+            config.max_poll_attempts = n.unsigned_abs();
+        }
+        config.disable_container_selectors = self.disable_container_selectors.unwrap_or(false);
+        config.verbose_container_locator_logs =
+            self.verbose_container_locator_logs.unwrap_or(false);
+        config.api_server_cache = self.api_server_cache.unwrap_or(false);
+        Ok(config)
+    }
+}
+
+fn non_empty(v: &Option<String>) -> bool {
+    v.as_deref().is_some_and(|s| !s.is_empty())
+}
+
+fn nanos(ns: i64) -> Duration {
+    Duration::from_nanos(ns.unsigned_abs())
+}
+
+/// Beyond SPIRE (which would fail only when connecting): a port must fit in 16 bits.
+fn port(key: &'static str, p: i64) -> Result<u16, ConfigError> {
+    u16::try_from(p).map_err(|_| ConfigError::InvalidValue {
+        key,
+        reason: format!("must be a TCP port (1-65535), got {p}"),
+    })
+}
+
+fn describe(value: &Value) -> String {
+    match value {
+        Value::String(s) => format!("string {}", crate::locator::go_quote(s)),
+        Value::Number(n) => format!("number {n}"),
+        Value::Bool(b) => format!("bool {b}"),
+        other => other.kind().to_string(),
+    }
+}
+
+/// An integer as HCL v1 decodes one: a number literal or a string holding one.
+fn int(key: &str, value: &Value) -> Result<Option<i64>, String> {
+    match value {
+        Value::Null => Ok(None),
+        Value::Number(text) | Value::String(text) => hcl::parse_go_int(text)
+            .map(Some)
+            .ok_or_else(|| format!("{key}: expected an integer, got {}", describe(value))),
+        other => Err(format!(
+            "{key}: expected an integer, got {}",
+            describe(other)
+        )),
+    }
+}
+
+fn boolean(key: &str, value: &Value) -> Result<Option<bool>, String> {
+    match value {
+        Value::Null => Ok(None),
+        Value::Bool(b) => Ok(Some(*b)),
+        other => Err(format!(
+            "{key}: expected true or false, got {}",
+            describe(other)
+        )),
+    }
+}
+
+/// A string as HCL v1 decodes one: numbers and bools are taken as their text.
+fn string(key: &str, value: &Value) -> Result<Option<String>, String> {
+    match value {
+        Value::Null => Ok(None),
+        Value::String(s) | Value::Number(s) => Ok(Some(s.clone())),
+        Value::Bool(b) => Ok(Some(b.to_string())),
+        other => Err(format!("{key}: expected a string, got {}", describe(other))),
+    }
+}
+
+/// An object, a list of objects (repeated blocks; JSON's block form) or null, flattened.
+fn object<'v>(key: &str, value: &'v Value) -> Result<Vec<&'v (String, Value)>, String> {
+    match value {
+        Value::Null => Ok(Vec::new()),
+        Value::Object(items) => Ok(items.iter().collect()),
+        Value::List(list) => {
+            let mut out = Vec::new();
+            for v in list {
+                match v {
+                    Value::Object(items) => out.extend(items.iter()),
+                    other => {
+                        return Err(format!(
+                            "{key}: expected an object, got {}",
+                            describe(other)
+                        ));
+                    }
+                }
+            }
+            Ok(out)
+        }
+        other => Err(format!(
+            "{key}: expected an object, got {}",
+            describe(other)
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;
