@@ -24,9 +24,14 @@ fn newest_mtime(dir: &Path) -> Option<SystemTime> {
 }
 
 fn main() {
-    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let workspace = manifest.parent().expect("attestor/ lives inside the workspace").to_path_buf();
-    let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("attestor-ebpf.o");
+    let manifest =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let workspace = manifest
+        .parent()
+        .expect("attestor/ lives inside the workspace")
+        .to_path_buf();
+    let out =
+        PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("attestor-ebpf.o");
 
     println!("cargo:rerun-if-env-changed=ATTESTOR_EBPF_OBJECT");
     println!("cargo:rerun-if-env-changed=ATTESTOR_SKIP_EBPF");

@@ -10,4 +10,5 @@
 //! `sys` is the only module with `unsafe` code (raw syscalls, each with a `SAFETY` note).
 
 pub mod cli;
+pub mod kubelet;
 pub mod status;
