@@ -420,18 +420,42 @@ async fn read_body(
 
 /// `Display` of an error and all its sources, `: `-separated (hyper's top-level messages
 /// such as "client error (Connect)" say little on their own).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = String::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = describe(err);
         if !out.contains(&text) {
-            out.push_str(": ");
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
             out.push_str(&text);
         }
-        source = s.source();
+        next = err.source();
     }
     out
+}
+
+/// One error's text. rustls prints a custom certificate error with `Debug`
+/// (`Other(OtherError(..))`); ours carry a sentence meant for the user, so show that.
+fn describe(err: &(dyn std::error::Error + 'static)) -> String {
+    // Look through io::Error wrappers (tokio-rustls and hyper-rustls each add one).
+    let mut cur: &(dyn std::error::Error + 'static) = err;
+    for _ in 0..4 {
+        if let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) =
+            cur.downcast_ref::<rustls::Error>()
+        {
+            return format!("invalid peer certificate: {}", other.0);
+        }
+        match cur
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => cur = inner,
+            None => break,
+        }
+    }
+    err.to_string()
 }
 
 /// The `/pods` URL for an endpoint (`net.JoinHostPort` semantics for IPv6).

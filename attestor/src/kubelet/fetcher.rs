@@ -347,24 +347,17 @@ mod tests {
 
     use super::*;
 
-    fn counting_fetcher(
-        interval: Duration,
-    ) -> (
-        PodListFetcher<
-            FetchFn<impl Fn() -> std::future::Ready<Result<Bytes, String>> + Send + Sync>,
-        >,
-        Arc<AtomicU64>,
-    ) {
+    type Ready = std::future::Ready<Result<Bytes, String>>;
+    type Counting = PodListFetcher<FetchFn<Box<dyn Fn() -> Ready + Send + Sync>>>;
+
+    fn counting_fetcher(interval: Duration) -> (Counting, Arc<AtomicU64>) {
         let calls = Arc::new(AtomicU64::new(0));
         let c = calls.clone();
-        let f = PodListFetcher::new(
-            FetchFn(move || {
-                let n = c.fetch_add(1, Ordering::SeqCst) + 1;
-                std::future::ready(Ok(Bytes::from(format!("list {n}"))))
-            }),
-            interval,
-        );
-        (f, calls)
+        let f: Box<dyn Fn() -> Ready + Send + Sync> = Box::new(move || {
+            let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+            std::future::ready(Ok(Bytes::from(format!("list {n}"))))
+        });
+        (PodListFetcher::new(FetchFn(f), interval), calls)
     }
 
     #[tokio::test(start_paused = true)]

@@ -117,6 +117,7 @@ struct State {
     fault: Option<Fault>,
     next_faults: VecDeque<Fault>,
     handling: Vec<Duration>,
+    client_certs: Vec<Vec<u8>>,
 }
 
 impl State {
@@ -313,6 +314,7 @@ impl KubeletSimBuilder {
                 fault: None,
                 next_faults: VecDeque::new(),
                 handling: Vec::new(),
+                client_certs: Vec::new(),
             }),
             requests: AtomicU64::new(0),
             connections: AtomicU64::new(0),
@@ -387,7 +389,16 @@ async fn accept_loop(
                         None => serve(TokioIo::new(stream), shared, false).await,
                         Some(acceptor) => match acceptor.accept(stream).await {
                             Ok(tls) => {
-                                let has_cert = tls.get_ref().1.peer_certificates().is_some();
+                                let peer = tls
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .and_then(|c| c.first())
+                                    .map(|c| c.to_vec());
+                                let has_cert = peer.is_some();
+                                if let Some(der) = peer {
+                                    shared.lock().client_certs.push(der);
+                                }
                                 serve(TokioIo::new(tls), shared, has_cert).await;
                             }
                             Err(_) => {
@@ -677,6 +688,11 @@ impl KubeletSim {
     /// rendering, injected delay; not the transfer).
     pub fn handling_times(&self) -> Vec<Duration> {
         self.shared.lock().handling.clone()
+    }
+
+    /// DER of the client certificate of each TLS connection that presented one, in order.
+    pub fn client_certs_seen(&self) -> Vec<Vec<u8>> {
+        self.shared.lock().client_certs.clone()
     }
 
     /// The body currently served.
