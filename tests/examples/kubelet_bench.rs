@@ -111,9 +111,11 @@ async fn latency(pods: usize, rounds: usize) {
 async fn burst(pollers: usize, pods: usize) {
     let dir = TempDir::new("bench");
     let id = Runtime::Containerd.container_id(&hex64(31337));
-    let pending = PodBuilder::new("late-0")
-        .namespace("jobs")
-        .container("worker", "registry.example.com/jobs/worker:1", None);
+    let pending = PodBuilder::new("late-0").namespace("jobs").container(
+        "worker",
+        "registry.example.com/jobs/worker:1",
+        None,
+    );
     let uid = pending.uid_str().to_owned();
     let mut list = generate_pods(pods, "node-1", 2);
     list.push(pending.build());
@@ -148,10 +150,7 @@ async fn burst(pollers: usize, pods: usize) {
                     let hit = match m.iter().find(|(v, _)| *v == l.version()) {
                         Some((_, h)) => *h,
                         None => {
-                            let h = l
-                                .body()
-                                .windows(id.len())
-                                .any(|w| w == id.as_bytes());
+                            let h = l.body().windows(id.len()).any(|w| w == id.as_bytes());
                             m.push((l.version(), h));
                             h
                         }

@@ -411,6 +411,30 @@ async fn client_certificate_rotation_uses_the_new_certificate() {
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn kubelet_ca_change_on_disk_is_picked_up() {
+    // SPIRE issue 5370: the kubelet's CA (and serving certificate) replaced.
+    let dir = TempDir::new("kubelet");
+    let sim = ok(sim_builder_tls().await.token(TOKEN).start().await);
+    let s = with_token(secure(&sim, &dir), &dir, TOKEN);
+    let client = ok(KubeletClient::new(s));
+    ok(client.fetch_pods().await);
+
+    let new_ca = Arc::new(TestCa::new("kubelet-ca-2"));
+    ok(sim.rotate_server_cert(new_ca.clone(), &["127.0.0.1"], Validity::Valid));
+    // A client that only knows the old CA cannot open new connections any more.
+    let mut stale = with_token(secure(&sim, &dir), &dir, TOKEN);
+    stale.ca_path = dir.write("old-ca.pem", TestCa::new("unrelated").cert_pem());
+    assert!(ok(KubeletClient::new(stale)).fetch_pods().await.is_err());
+
+    // The operator installs the new CA; after reload_interval the client rebuilds its
+    // TLS configuration and pool and verifies the new certificate.
+    dir.write("ca.pem", new_ca.cert_pem());
+    past_reload_interval().await;
+    assert_eq!(ok(client.fetch_pods().await), sim.current_body());
+    assert_eq!(sim.connection_count(), 3); // first, stale client's attempt, rebuilt pool
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn missing_or_broken_files_fail_closed_and_recover_at_once() {
     let dir = TempDir::new("kubelet");
     let sim = ok(sim_builder_tls().await.token(TOKEN).start().await);

@@ -182,6 +182,10 @@ impl State {
 
 struct Shared {
     state: Mutex<State>,
+    /// Swapped by [`KubeletSim::rotate_server_cert`]; `None` in plain HTTP mode.
+    acceptor: Mutex<Option<tokio_rustls::TlsAcceptor>>,
+    ca: Mutex<Arc<TestCa>>,
+    client_ca_pem: Option<String>,
     requests: AtomicU64,
     connections: AtomicU64,
     handshake_failures: AtomicU64,
@@ -293,7 +297,13 @@ impl KubeletSimBuilder {
             .clone()
             .unwrap_or_else(|| Arc::new(TestCa::new("kubelet-sim-ca")));
         let acceptor = if self.tls {
-            Some(tls_acceptor(&self, &ca)?)
+            let sans: Vec<&str> = self.server_sans.iter().map(String::as_str).collect();
+            Some(tls_acceptor(
+                &ca,
+                &sans,
+                self.validity,
+                self.client_ca_pem.as_deref(),
+            )?)
         } else {
             None
         };
@@ -316,26 +326,28 @@ impl KubeletSimBuilder {
                 handling: Vec::new(),
                 client_certs: Vec::new(),
             }),
+            acceptor: Mutex::new(acceptor),
+            ca: Mutex::new(ca),
+            client_ca_pem: self.client_ca_pem,
             requests: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             handshake_failures: AtomicU64::new(0),
             tls: self.tls,
         });
-        let task = tokio::spawn(accept_loop(listener, acceptor, shared.clone()));
-        Ok(KubeletSim {
-            addr,
-            ca,
-            shared,
-            task,
-        })
+        let task = tokio::spawn(accept_loop(listener, shared.clone()));
+        Ok(KubeletSim { addr, shared, task })
     }
 }
 
-fn tls_acceptor(b: &KubeletSimBuilder, ca: &TestCa) -> io::Result<tokio_rustls::TlsAcceptor> {
+fn tls_acceptor(
+    ca: &TestCa,
+    sans: &[&str],
+    validity: Validity,
+    client_ca_pem: Option<&str>,
+) -> io::Result<tokio_rustls::TlsAcceptor> {
     let invalid =
         |e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
-    let sans: Vec<&str> = b.server_sans.iter().map(String::as_str).collect();
-    let leaf = ca.server_cert(&sans, b.validity);
+    let leaf = ca.server_cert(sans, validity);
     let chain =
         vec![CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).map_err(|e| invalid(&e))?];
     let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).map_err(|e| invalid(&e))?;
@@ -343,7 +355,7 @@ fn tls_acceptor(b: &KubeletSimBuilder, ca: &TestCa) -> io::Result<tokio_rustls::
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| invalid(&e))?;
-    let builder = match &b.client_ca_pem {
+    let builder = match client_ca_pem {
         None => builder.with_no_client_auth(),
         Some(pem) => {
             let mut roots = rustls::RootCertStore::empty();
@@ -367,11 +379,7 @@ fn tls_acceptor(b: &KubeletSimBuilder, ca: &TestCa) -> io::Result<tokio_rustls::
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: Option<tokio_rustls::TlsAcceptor>,
-    shared: Arc<Shared>,
-) {
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     // Dropping the JoinSet (when this task is aborted) aborts every connection.
     let mut conns = JoinSet::new();
     loop {
@@ -383,7 +391,11 @@ async fn accept_loop(
                 let _ = stream.set_zero_linger();
                 shared.connections.fetch_add(1, Ordering::SeqCst);
                 let shared = shared.clone();
-                let acceptor = acceptor.clone();
+                let acceptor = shared
+                    .acceptor
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
                 conns.spawn(async move {
                     match acceptor {
                         None => serve(TokioIo::new(stream), shared, false).await,
@@ -619,7 +631,6 @@ impl Body for SimBody {
 /// A running simulator. Stops (and drops every connection) when dropped.
 pub struct KubeletSim {
     addr: SocketAddr,
-    ca: Arc<TestCa>,
     shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -653,13 +664,43 @@ impl KubeletSim {
         format!("{scheme}://127.0.0.1:{}/pods", self.addr.port())
     }
 
-    /// The CA that issued the serving certificate.
-    pub fn ca(&self) -> &Arc<TestCa> {
-        &self.ca
+    /// The CA that issued the current serving certificate.
+    pub fn ca(&self) -> Arc<TestCa> {
+        self.shared
+            .ca
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
-    pub fn ca_pem(&self) -> &str {
-        self.ca.cert_pem()
+    /// PEM of [`Self::ca`].
+    pub fn ca_pem(&self) -> String {
+        self.ca().cert_pem().to_owned()
+    }
+
+    /// Serve a new certificate from `ca` to connections accepted from now on
+    /// (established connections keep theirs), as when a kubelet's serving certificate
+    /// and its CA are replaced.
+    pub fn rotate_server_cert(
+        &self,
+        ca: Arc<TestCa>,
+        sans: &[&str],
+        validity: Validity,
+    ) -> io::Result<()> {
+        if !self.shared.tls {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "plain HTTP simulator has no certificate",
+            ));
+        }
+        let acceptor = tls_acceptor(&ca, sans, validity, self.shared.client_ca_pem.as_deref())?;
+        *self
+            .shared
+            .acceptor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(acceptor);
+        *self.shared.ca.lock().unwrap_or_else(|e| e.into_inner()) = ca;
+        Ok(())
     }
 
     /// Write the CA to `<dir>/kubelet-ca.pem` and return its path.
