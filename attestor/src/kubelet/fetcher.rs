@@ -426,4 +426,46 @@ mod tests {
         assert_eq!(r, Err(Status::new(Code::Unavailable, "kubelet said no")));
         assert_eq!(calls.load(Ordering::SeqCst), 4);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_waiter_leaves_the_shared_request_running() {
+        let calls = Arc::new(AtomicU64::new(0));
+        let c = calls.clone();
+        let f = PodListFetcher::new(
+            FetchFn(move || {
+                let c = c.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    c.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, String>(Bytes::from_static(b"{}"))
+                }
+            }),
+            Duration::from_millis(500),
+        );
+        let a = {
+            let f = f.clone();
+            tokio::spawn(async move { f.newer_than(None).await.map(|l| l.version()) })
+        };
+        let b = {
+            let f = f.clone();
+            tokio::spawn(async move {
+                f.poll(
+                    3,
+                    |l| Ok(Some(l.version())),
+                    tokio::time::sleep(Duration::from_millis(10)),
+                )
+                .await
+            })
+        };
+        tokio::task::yield_now().await;
+        let b = b.await.map_err(|e| e.to_string());
+        assert_eq!(
+            b,
+            Ok(Err(Status::new(Code::Canceled, "attestation canceled")))
+        );
+        let a = a.await.map_err(|e| e.to_string());
+        assert_eq!(a, Ok(Ok(1)));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(f.requests_started(), 1);
+    }
 }
