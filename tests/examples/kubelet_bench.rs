@@ -6,7 +6,7 @@
 //!
 //! 1. Cold fetch: a new client per fetch (TCP connect + TLS handshake + `/pods`), and warm
 //!    fetch (pooled connection), for 110- and 250-pod lists, p50/p99, next to the
-//!    simulator's own handling time per request.
+//!    simulator's own serve time per request (arrival to last body chunk handed over).
 //! 2. Burst: 1,000 concurrent pollers through one `PodListFetcher` (500 ms interval, the
 //!    SPIRE default), the container appearing in the third list: how many `/pods`
 //!    requests the kubelet saw.
@@ -71,7 +71,7 @@ async fn latency(pods: usize, rounds: usize) {
         cold.push(t.elapsed());
         assert_eq!(body.len(), bytes);
     }
-    let handling_cold = sim.handling_times();
+    let handling_cold = sim.serve_times();
 
     let client = must("client", KubeletClient::new(s.clone()));
     must("warm-up", client.fetch_pods().await);
@@ -82,7 +82,7 @@ async fn latency(pods: usize, rounds: usize) {
         warm.push(t.elapsed());
         assert_eq!(body.len(), bytes);
     }
-    let mut handling = sim.handling_times();
+    let mut handling = sim.serve_times();
     handling.drain(..handling_cold.len());
 
     cold.sort();
@@ -187,9 +187,7 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
     println!("rounds per row: {rounds}");
-    println!(
-        "| pods | body | fetch | client p50 | client p99 | sim handling p50 | sim handling p99 |"
-    );
+    println!("| pods | body | fetch | client p50 | client p99 | sim serve p50 | sim serve p99 |");
     println!("|---|---|---|---|---|---|---|");
     for pods in [110, 250] {
         latency(pods, rounds).await;

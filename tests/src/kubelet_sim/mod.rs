@@ -117,6 +117,7 @@ struct State {
     fault: Option<Fault>,
     next_faults: VecDeque<Fault>,
     handling: Vec<Duration>,
+    serving: Vec<Duration>,
     client_certs: Vec<Vec<u8>>,
 }
 
@@ -324,6 +325,7 @@ impl KubeletSimBuilder {
                 fault: None,
                 next_faults: VecDeque::new(),
                 handling: Vec::new(),
+                serving: Vec::new(),
                 client_certs: Vec::new(),
             }),
             acceptor: Mutex::new(acceptor),
@@ -536,6 +538,8 @@ async fn handle(
         tokio::time::sleep(d).await;
     }
     shared.lock().handling.push(start.elapsed());
+    let mut body = body;
+    body.done = Some((start, shared.clone()));
     let mut r = Response::new(body);
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -550,16 +554,19 @@ pub struct SimBody {
     exact: Option<u64>,
     abort: bool,
     pause: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Request start, to record the serve time once the last chunk is handed over.
+    done: Option<(Instant, Arc<Shared>)>,
 }
+
+/// Bodies go out in pieces of this size, so that hyper asks for the last piece only
+/// after writing most of the body (which makes the recorded serve time meaningful).
+const CHUNK: usize = 64 * 1024;
 
 impl SimBody {
     fn full(b: Bytes) -> SimBody {
-        SimBody {
-            exact: Some(b.len() as u64),
-            chunks: VecDeque::from([b]),
-            abort: false,
-            pause: None,
-        }
+        let mut body = SimBody::chunked(b.clone(), CHUNK);
+        body.exact = Some(b.len() as u64);
+        body
     }
 
     fn chunked(b: Bytes, size: usize) -> SimBody {
@@ -575,6 +582,7 @@ impl SimBody {
             exact: None,
             abort: false,
             pause: None,
+            done: None,
         }
     }
 
@@ -586,6 +594,7 @@ impl SimBody {
             // Give the half body time to reach the client before the RST discards
             // anything still queued.
             pause: Some(Box::pin(tokio::time::sleep(Duration::from_millis(50)))),
+            done: None,
         }
     }
 }
@@ -599,6 +608,14 @@ impl Body for SimBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         if let Some(c) = self.chunks.pop_front() {
+            // hyper stops polling once Content-Length bytes were handed over, so the
+            // serve time is taken when the last chunk leaves.
+            if self.chunks.is_empty()
+                && !self.abort
+                && let Some((start, shared)) = self.done.take()
+            {
+                shared.lock().serving.push(start.elapsed());
+            }
             return Poll::Ready(Some(Ok(Frame::data(c))));
         }
         if !self.abort {
@@ -723,6 +740,13 @@ impl KubeletSim {
     /// TLS handshakes that failed (e.g. the client rejected the certificate).
     pub fn handshake_failures(&self) -> u64 {
         self.shared.handshake_failures.load(Ordering::SeqCst)
+    }
+
+    /// Server-side time from a `/pods` request's arrival until the last body chunk
+    /// (≤ 64 KiB) was handed to hyper: everything the server does, including TLS
+    /// encryption and socket writes of all but that last chunk.
+    pub fn serve_times(&self) -> Vec<Duration> {
+        self.shared.lock().serving.clone()
     }
 
     /// Server-side handling time of each answered `/pods` request (auth, state, body
