@@ -337,6 +337,35 @@ async fn loopback_requires_127_0_0_1_or_this_hosts_name() {
 }
 
 #[tokio::test]
+async fn ipv6_node_name_is_bracketed_and_verified() {
+    let dir = TempDir::new("kubelet");
+    let started = sim_builder_tls()
+        .await
+        .anonymous(AnonymousMode::Allowed)
+        .bind(
+            "::1"
+                .parse()
+                .unwrap_or(std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)),
+        )
+        .server_sans(["::1"])
+        .start()
+        .await;
+    let Ok(sim) = started else {
+        eprintln!("skipped: no IPv6 loopback on this machine");
+        return;
+    };
+    let mut s = secure(&sim, &dir);
+    s.endpoint = Endpoint::Secure {
+        port: sim.port(),
+        host: Some("::1".into()),
+    };
+    let client = ok(KubeletClient::new(s));
+    assert_eq!(client.url(), format!("https://[::1]:{}/pods", sim.port()));
+    assert_eq!(client.url(), sim.url());
+    assert_eq!(ok(client.fetch_pods().await), sim.current_body());
+}
+
+#[tokio::test]
 async fn skip_verification_accepts_any_certificate() {
     let dir = TempDir::new("kubelet");
     let sim = ok(sim_builder_tls()
@@ -891,4 +920,57 @@ async fn a_thousand_pollers_share_requests() {
 #[allow(dead_code)]
 fn client_is_fetch_pods(c: KubeletClient) -> impl FetchPods {
     c
+}
+
+#[tokio::test]
+async fn kubelet_sim_binary_prints_a_ready_line_and_serves() {
+    use tokio::io::AsyncBufReadExt;
+
+    let dir = TempDir::new("kubelet");
+    let mut child = ok(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_kubelet-sim"))
+            .args([
+                "--pods",
+                "12",
+                "--token",
+                TOKEN,
+                "--http-port",
+                "0",
+                "--out-dir",
+            ])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn(),
+    );
+    let Some(stdout) = child.stdout.take() else {
+        panic!("no stdout")
+    };
+    let mut line = String::new();
+    ok(tokio::io::BufReader::new(stdout).read_line(&mut line).await);
+    let ready: serde_json::Value = ok(serde_json::from_str(&line));
+    assert_eq!(ready["pods"], 12);
+
+    let port = |k: &str| {
+        ready[k]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(0)
+    };
+    let mut s = KubeletSettings::secure(port("https_port"), None);
+    s.ca_path = PathBuf::from(ready["ca_path"].as_str().unwrap_or_default());
+    s.auth = Auth::Token {
+        path: dir.write("token", TOKEN),
+    };
+    let secure_body = ok(ok(KubeletClient::new(s)).fetch_pods().await);
+    let plain_body = ok(ok(KubeletClient::new(KubeletSettings::read_only(port(
+        "http_port",
+    ))))
+    .fetch_pods()
+    .await);
+    assert_eq!(secure_body, plain_body);
+    assert_eq!(ready["body_bytes"].as_u64(), Some(secure_body.len() as u64));
+    let v: serde_json::Value = ok(serde_json::from_slice(&secure_body));
+    assert_eq!(v["items"].as_array().map(Vec::len), Some(12));
+    let _ = child.kill().await;
 }

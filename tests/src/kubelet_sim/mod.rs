@@ -27,7 +27,7 @@ pub mod pods;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -203,6 +203,7 @@ impl Shared {
 #[derive(Debug)]
 pub struct KubeletSimBuilder {
     tls: bool,
+    bind: IpAddr,
     port: u16,
     server_sans: Vec<String>,
     validity: Validity,
@@ -219,6 +220,7 @@ impl Default for KubeletSimBuilder {
     fn default() -> Self {
         KubeletSimBuilder {
             tls: true,
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 0,
             server_sans: vec!["127.0.0.1".into(), "localhost".into()],
             validity: Validity::Valid,
@@ -237,6 +239,11 @@ impl KubeletSimBuilder {
     /// HTTPS (secure port, default) or plain HTTP (read-only port).
     pub fn tls(mut self, on: bool) -> Self {
         self.tls = on;
+        self
+    }
+    /// Listen on this loopback address (default `127.0.0.1`; e.g. `::1` for IPv6 tests).
+    pub fn bind(mut self, addr: IpAddr) -> Self {
+        self.bind = addr;
         self
     }
     /// Listen on this loopback port (default 0: any free port).
@@ -308,7 +315,13 @@ impl KubeletSimBuilder {
         } else {
             None
         };
-        let listener = TcpListener::bind(("127.0.0.1", self.port)).await?;
+        if !self.bind.is_loopback() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the kubelet simulator only listens on loopback addresses",
+            ));
+        }
+        let listener = TcpListener::bind((self.bind, self.port)).await?;
         let addr = listener.local_addr()?;
         let source = match self.body {
             Some(b) => Source::Raw(b),
@@ -675,10 +688,11 @@ impl KubeletSim {
         self.addr.port()
     }
 
-    /// `https://127.0.0.1:<port>/pods` (or `http://` in read-only mode).
+    /// `https://127.0.0.1:<port>/pods` (or `http://` in read-only mode; `[::1]` when
+    /// bound to IPv6).
     pub fn url(&self) -> String {
         let scheme = if self.shared.tls { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}/pods", self.addr.port())
+        format!("{scheme}://{}/pods", self.addr)
     }
 
     /// The CA that issued the current serving certificate.
