@@ -974,3 +974,31 @@ async fn kubelet_sim_binary_prints_a_ready_line_and_serves() {
     assert_eq!(v["items"].as_array().map(Vec::len), Some(12));
     let _ = child.kill().await;
 }
+
+#[tokio::test]
+async fn kubelet_down_is_a_connect_error_and_unavailable() {
+    let dir = TempDir::new("kubelet");
+    let sim = ok(sim_builder_tls().await.token(TOKEN).start().await);
+    let s = with_token(secure(&sim, &dir), &dir, TOKEN);
+    sim.shutdown().await; // listener closed: connection refused
+    let client = Arc::new(ok(KubeletClient::new(s)));
+    let e = err(client.fetch_pods().await);
+    assert!(matches!(e, KubeletError::Request { .. }), "{e}");
+    assert!(e.to_string().contains("onnect"), "{e}");
+
+    let fetcher = PodListFetcher::new(client, Duration::from_millis(5));
+    let r = fetcher
+        .poll(2, |_| Ok(None::<()>), std::future::pending())
+        .await;
+    match r {
+        Err(Status {
+            code: Code::Unavailable,
+            message,
+        }) => assert!(
+            message.starts_with("kubelet request to https://127.0.0.1:"),
+            "{message}"
+        ),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(fetcher.requests_started(), 2);
+}

@@ -684,6 +684,13 @@ impl KubeletSim {
         KubeletSimBuilder::default()
     }
 
+    /// Stop listening and drop every connection, and wait until that is done (dropping
+    /// the handle does the same without waiting).
+    pub async fn shutdown(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+
     pub fn port(&self) -> u16 {
         self.addr.port()
     }
