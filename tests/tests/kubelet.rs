@@ -75,7 +75,7 @@ fn sample_pods() -> Vec<serde_json::Value> {
     pods
 }
 
-async fn sim_builder_tls() -> attestor_tests::kubelet_sim::KubeletSimBuilder {
+fn sim_builder_tls() -> attestor_tests::kubelet_sim::KubeletSimBuilder {
     KubeletSim::builder().pods(sample_pods())
 }
 
@@ -109,7 +109,7 @@ async fn read_only_port_serves_plain_http() {
 #[tokio::test]
 async fn secure_port_with_bearer_token() {
     let dir = TempDir::new("kubelet");
-    let sim = ok(sim_builder_tls().await.token(TOKEN).start().await);
+    let sim = ok(sim_builder_tls().token(TOKEN).start().await);
     let client = ok(KubeletClient::new(with_token(
         secure(&sim, &dir),
         &dir,
@@ -130,7 +130,6 @@ async fn secure_port_with_client_certificate() {
     let dir = TempDir::new("kubelet");
     let client_ca = TestCa::new("client-ca");
     let sim = ok(sim_builder_tls()
-        .await
         .client_ca(client_ca.cert_pem())
         .start()
         .await);
@@ -151,7 +150,6 @@ async fn client_certificate_from_another_ca_fails_the_handshake() {
     let trusted = TestCa::new("client-ca");
     let other = TestCa::new("other-ca");
     let sim = ok(sim_builder_tls()
-        .await
         .client_ca(trusted.cert_pem())
         .start()
         .await);
@@ -173,7 +171,7 @@ async fn client_certificate_from_another_ca_fails_the_handshake() {
 #[tokio::test]
 async fn anonymous_gets_the_kubelet_403() {
     let dir = TempDir::new("kubelet");
-    let sim = ok(sim_builder_tls().await.token(TOKEN).start().await);
+    let sim = ok(sim_builder_tls().token(TOKEN).start().await);
     let client = ok(KubeletClient::new(secure(&sim, &dir)));
     let e = err(client.fetch_pods().await);
     assert_eq!(e.http_status(), Some(403));
@@ -189,7 +187,7 @@ async fn anonymous_gets_the_kubelet_403() {
 #[tokio::test]
 async fn wrong_token_gets_401_and_authenticated_can_be_forbidden() {
     let dir = TempDir::new("kubelet");
-    let sim = ok(sim_builder_tls().await.token(TOKEN).start().await);
+    let sim = ok(sim_builder_tls().token(TOKEN).start().await);
     let client = ok(KubeletClient::new(with_token(
         secure(&sim, &dir),
         &dir,
@@ -217,7 +215,6 @@ async fn wrong_token_gets_401_and_authenticated_can_be_forbidden() {
 async fn server_certificate_from_another_ca_is_rejected() {
     let dir = TempDir::new("kubelet");
     let sim = ok(sim_builder_tls()
-        .await
         .anonymous(AnonymousMode::Allowed)
         .start()
         .await);
@@ -234,7 +231,6 @@ async fn server_certificate_from_another_ca_is_rejected() {
 async fn expired_server_certificate_is_rejected() {
     let dir = TempDir::new("kubelet");
     let sim = ok(sim_builder_tls()
-        .await
         .anonymous(AnonymousMode::Allowed)
         .server_validity(Validity::Expired)
         .start()
@@ -251,7 +247,6 @@ async fn node_name_must_match_the_certificate() {
     let dir = TempDir::new("kubelet");
     // Node name "localhost" (resolves to loopback); certificate for another name.
     let sim = ok(sim_builder_tls()
-        .await
         .anonymous(AnonymousMode::Allowed)
         .server_sans(["node-7.cluster.example"])
         .start()
@@ -271,7 +266,6 @@ async fn node_name_must_match_the_certificate() {
 
     // Same node name, certificate naming it: accepted.
     let good = ok(sim_builder_tls()
-        .await
         .anonymous(AnonymousMode::Allowed)
         .server_sans(["localhost"])
         .start()
@@ -292,7 +286,6 @@ async fn loopback_requires_127_0_0_1_or_this_hosts_name() {
     let dir = TempDir::new("kubelet");
     // SPIRE accepts this certificate (chain only); we do not.
     let sim = ok(sim_builder_tls()
-        .await
         .anonymous(AnonymousMode::Allowed)
         .server_sans(["kubelet.wrong.example"])
         .start()
@@ -309,7 +302,6 @@ async fn loopback_requires_127_0_0_1_or_this_hosts_name() {
 
     // IP SAN 127.0.0.1 only: accepted.
     let ip = ok(sim_builder_tls()
-        .await
         .anonymous(AnonymousMode::Allowed)
         .server_sans(["127.0.0.1"])
         .start()
@@ -322,7 +314,6 @@ async fn loopback_requires_127_0_0_1_or_this_hosts_name() {
     // This host's name only (the usual kubelet serving certificate): accepted.
     if let Some(host) = local_hostname() {
         let named = ok(sim_builder_tls()
-            .await
             .anonymous(AnonymousMode::Allowed)
             .server_sans([host.as_str()])
             .start()
@@ -340,7 +331,6 @@ async fn loopback_requires_127_0_0_1_or_this_hosts_name() {
 async fn ipv6_node_name_is_bracketed_and_verified() {
     let dir = TempDir::new("kubelet");
     let started = sim_builder_tls()
-        .await
         .anonymous(AnonymousMode::Allowed)
         .bind(
             "::1"
@@ -369,7 +359,6 @@ async fn ipv6_node_name_is_bracketed_and_verified() {
 async fn skip_verification_accepts_any_certificate() {
     let dir = TempDir::new("kubelet");
     let sim = ok(sim_builder_tls()
-        .await
         .token(TOKEN)
         .server_sans(["kubelet.wrong.example"])
         .server_validity(Validity::Expired)
@@ -389,7 +378,7 @@ async fn skip_verification_accepts_any_certificate() {
 #[tokio::test(flavor = "current_thread")]
 async fn token_rotation_keeps_the_connection_pool() {
     let dir = TempDir::new("kubelet");
-    let sim = ok(sim_builder_tls().await.token(TOKEN).start().await);
+    let sim = ok(sim_builder_tls().token(TOKEN).start().await);
     let s = with_token(secure(&sim, &dir), &dir, TOKEN);
     let client = ok(KubeletClient::new(s));
     ok(client.fetch_pods().await);
@@ -413,7 +402,6 @@ async fn client_certificate_rotation_uses_the_new_certificate() {
     let dir = TempDir::new("kubelet");
     let client_ca = TestCa::new("client-ca");
     let sim = ok(sim_builder_tls()
-        .await
         .client_ca(client_ca.cert_pem())
         .start()
         .await);
@@ -443,7 +431,7 @@ async fn client_certificate_rotation_uses_the_new_certificate() {
 async fn kubelet_ca_change_on_disk_is_picked_up() {
     // SPIRE issue 5370: the kubelet's CA (and serving certificate) replaced.
     let dir = TempDir::new("kubelet");
-    let sim = ok(sim_builder_tls().await.token(TOKEN).start().await);
+    let sim = ok(sim_builder_tls().token(TOKEN).start().await);
     let s = with_token(secure(&sim, &dir), &dir, TOKEN);
     let client = ok(KubeletClient::new(s));
     ok(client.fetch_pods().await);
@@ -466,7 +454,7 @@ async fn kubelet_ca_change_on_disk_is_picked_up() {
 #[tokio::test(flavor = "current_thread")]
 async fn missing_or_broken_files_fail_closed_and_recover_at_once() {
     let dir = TempDir::new("kubelet");
-    let sim = ok(sim_builder_tls().await.token(TOKEN).start().await);
+    let sim = ok(sim_builder_tls().token(TOKEN).start().await);
     let s = with_token(secure(&sim, &dir), &dir, TOKEN);
     let token_path = dir.path().join("token");
     let ca_path = s.ca_path.clone();
@@ -510,7 +498,7 @@ async fn missing_or_broken_files_fail_closed_and_recover_at_once() {
 #[tokio::test]
 async fn configuration_errors_name_the_file() {
     let dir = TempDir::new("kubelet");
-    let sim = ok(sim_builder_tls().await.start().await);
+    let sim = ok(sim_builder_tls().start().await);
     let mut s = secure(&sim, &dir);
     s.ca_path = dir.path().join("absent-ca.pem");
     let e = err(KubeletClient::new(s.clone()));
@@ -545,11 +533,7 @@ async fn configuration_errors_name_the_file() {
 async fn secrets_never_appear_in_errors_or_debug() {
     let dir = TempDir::new("kubelet");
     let client_ca = TestCa::new("client-ca");
-    let sim = ok(sim_builder_tls()
-        .await
-        .token("something-else")
-        .start()
-        .await);
+    let sim = ok(sim_builder_tls().token("something-else").start().await);
     let s = with_token(secure(&sim, &dir), &dir, TOKEN);
     let client = ok(KubeletClient::new(s.clone()));
     let e = err(client.fetch_pods().await); // 401
@@ -582,7 +566,7 @@ async fn secrets_never_appear_in_errors_or_debug() {
 #[tokio::test]
 async fn error_statuses_carry_at_most_1kib_of_body() {
     let dir = TempDir::new("kubelet");
-    let sim = ok(sim_builder_tls().await.token(TOKEN).start().await);
+    let sim = ok(sim_builder_tls().token(TOKEN).start().await);
     let client = ok(KubeletClient::new(with_token(
         secure(&sim, &dir),
         &dir,
@@ -613,7 +597,7 @@ async fn error_statuses_carry_at_most_1kib_of_body() {
 #[tokio::test]
 async fn slow_kubelet_times_out() {
     let dir = TempDir::new("kubelet");
-    let sim = ok(sim_builder_tls().await.token(TOKEN).start().await);
+    let sim = ok(sim_builder_tls().token(TOKEN).start().await);
     let mut s = with_token(secure(&sim, &dir), &dir, TOKEN);
     s.request_timeout = Duration::from_millis(200);
     let client = ok(KubeletClient::new(s));
@@ -628,7 +612,7 @@ async fn slow_kubelet_times_out() {
 #[tokio::test]
 async fn malformed_and_truncated_bodies_are_returned_reset_is_an_error() {
     let dir = TempDir::new("kubelet");
-    let sim = ok(sim_builder_tls().await.token(TOKEN).start().await);
+    let sim = ok(sim_builder_tls().token(TOKEN).start().await);
     let client = ok(KubeletClient::new(with_token(
         secure(&sim, &dir),
         &dir,
@@ -660,7 +644,7 @@ async fn malformed_and_truncated_bodies_are_returned_reset_is_an_error() {
 #[tokio::test]
 async fn oversized_answers_are_refused() {
     let dir = TempDir::new("kubelet");
-    let sim = ok(sim_builder_tls().await.token(TOKEN).start().await);
+    let sim = ok(sim_builder_tls().token(TOKEN).start().await);
     let mut s = with_token(secure(&sim, &dir), &dir, TOKEN);
     s.max_body_bytes = 1024 * 1024;
     let client = ok(KubeletClient::new(s));
@@ -678,14 +662,13 @@ async fn oversized_answers_are_refused() {
 // ---------------------------------------------------------------- fetcher + poll loop
 
 /// A pod whose container is started but not yet in the kubelet's status.
-fn pending_pod(id: &str) -> (serde_json::Value, String) {
+fn pending_pod() -> (serde_json::Value, String) {
     let b = PodBuilder::new("late-0").namespace("jobs").container(
         "worker",
         "registry.example.com/jobs/worker:1",
         None,
     );
     let uid = b.uid_str().to_owned();
-    let _ = id;
     (b.build(), uid)
 }
 
@@ -708,7 +691,7 @@ async fn fetcher_for(
 async fn poll_sees_a_container_that_appears_later() {
     let dir = TempDir::new("kubelet");
     let id = Runtime::Containerd.container_id(&hex64(4242));
-    let (pod, uid) = pending_pod(&id);
+    let (pod, uid) = pending_pod();
     let sim = ok(KubeletSim::builder()
         .token(TOKEN)
         .pods(vec![pod])
@@ -858,7 +841,7 @@ fn ok_or_cancelled<T>(r: Result<T, tokio::task::JoinError>) -> bool {
 async fn a_thousand_pollers_share_requests() {
     let dir = TempDir::new("kubelet");
     let id = Runtime::CriO.container_id(&hex64(777));
-    let (pod, uid) = pending_pod(&id);
+    let (pod, uid) = pending_pod();
     let mut pods = generate_pods(110, "node-1", 9);
     pods.push(pod);
     let sim = ok(KubeletSim::builder().token(TOKEN).pods(pods).start().await);
@@ -978,7 +961,7 @@ async fn kubelet_sim_binary_prints_a_ready_line_and_serves() {
 #[tokio::test]
 async fn kubelet_down_is_a_connect_error_and_unavailable() {
     let dir = TempDir::new("kubelet");
-    let sim = ok(sim_builder_tls().await.token(TOKEN).start().await);
+    let sim = ok(sim_builder_tls().token(TOKEN).start().await);
     let s = with_token(secure(&sim, &dir), &dir, TOKEN);
     sim.shutdown().await; // listener closed: connection refused
     let client = Arc::new(ok(KubeletClient::new(s)));

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderValue};
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, HeaderValue, USER_AGENT};
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper_rustls::HttpsConnector;
@@ -329,7 +329,10 @@ impl KubeletClient {
         transport: Transport,
         token: Option<Token>,
     ) -> Result<Bytes, KubeletError> {
-        let mut builder = Request::get(self.uri.clone());
+        let mut builder = Request::get(self.uri.clone())
+            .header(ACCEPT, "application/json")
+            // Lets kubelet operators tell the attestor's polling apart in their logs.
+            .header(USER_AGENT, concat!("attestor/", env!("CARGO_PKG_VERSION")));
         if let Some(token) = token {
             let mut value =
                 HeaderValue::from_str(&format!("Bearer {}", token.0)).map_err(|_| {
