@@ -22,6 +22,7 @@
 pub mod cgroupfs;
 pub mod cli;
 pub mod config;
+pub mod kubelet;
 pub mod locator;
 pub mod pods;
 pub mod sandbox;

@@ -1,4 +1,8 @@
-//! Helpers shared by the integration tests (real kernel, real cgroups, real processes).
+//! Helpers shared by the integration tests (real kernel, real cgroups, real processes) and
+//! the kubelet simulator.
+
+pub mod kubelet_sim;
+pub mod tempdir;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
