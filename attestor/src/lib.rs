@@ -19,6 +19,7 @@
 // the library is still checked by `clippy --all-targets`.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod attest;
 pub mod cgroupfs;
 pub mod cli;
 pub mod config;

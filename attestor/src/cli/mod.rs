@@ -11,6 +11,7 @@ use crate::status::Status;
 
 mod check_config;
 mod demo;
+mod live;
 mod logger;
 mod replay;
 mod resolve;
@@ -37,6 +38,8 @@ enum Command {
     Demo,
     /// Compute the k8s selectors of a workload, exactly as SPIRE's k8s attestor would.
     Attest(AttestArgs),
+    /// Explain a live attestation step by step: PID → cgroup → container → pod → selectors.
+    Explain(live::ExplainArgs),
     /// Validate a plugin_data file (HCL, or JSON if it is a JSON object).
     CheckConfig {
         /// The plugin_data file.
@@ -48,8 +51,11 @@ enum Command {
 /// Where the workload comes from. Replay takes recorded files; the group leaves room for a
 /// live source (`--pid`) that conflicts with them.
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("source").required(true).args(["cgroup_file"])))]
+#[command(group(ArgGroup::new("source").required(true).args(["cgroup_file", "pid"])))]
 struct AttestArgs {
+    /// Live: the workload's PID (host PID namespace); needs root and a reachable kubelet.
+    #[arg(long, allow_negative_numbers = true, conflicts_with_all = ["cgroup_file", "pods_file"])]
+    pid: Option<i64>,
     /// Replay: the workload's /proc/<pid>/cgroup file (cgroup v2 `0::/path` or v1 lines).
     #[arg(long, value_name = "FILE", requires = "pods_file")]
     cgroup_file: Option<PathBuf>,
@@ -108,6 +114,32 @@ impl Failure {
     }
 }
 
+/// Reads and validates a plugin_data file (SPIRE's defaults without one).
+fn load_config(path: Option<&std::path::Path>) -> Result<crate::config::Config, Status> {
+    match path {
+        Some(path) => {
+            let text = replay::read(path, "--config")?;
+            crate::config::Config::parse(&text).map_err(Status::from)
+        }
+        None => Ok(crate::config::Config::default()),
+    }
+}
+
+/// Prints selector values with the `k8s:` prefix: one per line, or `{"selectors":[…]}`.
+fn print_selectors(selectors: &[String], format: OutputFormat) {
+    match format {
+        OutputFormat::Text => {
+            for s in selectors {
+                println!("k8s:{s}");
+            }
+        }
+        OutputFormat::Json => {
+            let prefixed: Vec<String> = selectors.iter().map(|s| format!("k8s:{s}")).collect();
+            println!("{}", serde_json::json!({ "selectors": prefixed }));
+        }
+    }
+}
+
 /// Parses the command line, runs the subcommand and returns the process exit code.
 pub fn main() -> i32 {
     logger::init();
@@ -124,14 +156,16 @@ pub fn main() -> i32 {
             print_plugin_help();
             Ok(())
         }
-        Some(Command::Attest(args)) => match &args.cgroup_file {
-            Some(cgroup_file) => replay::run(cgroup_file, args.pods_file.as_deref(), &args),
+        Some(Command::Attest(args)) => match (&args.cgroup_file, args.pid) {
+            (Some(cgroup_file), _) => replay::run(cgroup_file, args.pods_file.as_deref(), &args),
+            (None, Some(pid)) => live::attest(pid, args.config.as_deref(), args.output),
             // clap's `source` group requires one source.
-            None => Err(Failure::text(Status::new(
+            (None, None) => Err(Failure::text(Status::new(
                 crate::status::Code::InvalidArgument,
-                "attest needs a workload source: --cgroup-file with --pods-file",
+                "attest needs a workload source: --pid, or --cgroup-file with --pods-file",
             ))),
         },
+        Some(Command::Explain(args)) => live::explain(&args),
         Some(Command::CheckConfig { file }) => check_config::run(&file),
         Some(Command::Resolve(args)) => return resolve::run(&args),
         Some(Command::Demo) => return demo::run(),

@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use super::{Failure, OutputFormat};
+use super::Failure;
 use crate::config::Config;
 use crate::locator;
 use crate::pods::{self, PodsError};
@@ -27,13 +27,7 @@ pub(super) fn run(
         format: args.output,
         notes: Vec::new(),
     };
-    let config = match &args.config {
-        Some(path) => {
-            let text = read(path, "--config").map_err(fail)?;
-            Config::parse(&text).map_err(|e| fail(e.into()))?
-        }
-        None => Config::default(),
-    };
+    let config = super::load_config(args.config.as_deref()).map_err(fail)?;
     let cgroups = read(cgroup_file, "--cgroup-file").map_err(fail)?;
     // Like SPIRE, the pod list is only read once a container ID is known.
     let read_pods = || match pods_file {
@@ -44,17 +38,7 @@ pub(super) fn run(
         )),
     };
     let selectors = replay(&cgroups, read_pods, &config).map_err(fail)?;
-    match args.output {
-        OutputFormat::Text => {
-            for s in &selectors {
-                println!("k8s:{s}");
-            }
-        }
-        OutputFormat::Json => {
-            let prefixed: Vec<String> = selectors.iter().map(|s| format!("k8s:{s}")).collect();
-            println!("{}", serde_json::json!({ "selectors": prefixed }));
-        }
-    }
+    super::print_selectors(&selectors, args.output);
     Ok(())
 }
 
@@ -82,7 +66,7 @@ pub fn replay(
     }
 }
 
-fn read(path: &Path, flag: &str) -> Result<String, Status> {
+pub(super) fn read(path: &Path, flag: &str) -> Result<String, Status> {
     std::fs::read_to_string(path).map_err(|e| read_error(path, flag, &e))
 }
 

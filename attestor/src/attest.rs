@@ -1,0 +1,250 @@
+//! Live attestation: PID → cgroup (tracker) → pod UID + container ID (locator) → pod from the
+//! kubelet's `/pods` (fetcher, polled as SPIRE does) → selector values.
+//!
+//! This module only composes the steps and maps their errors to SPIRE's status codes; each
+//! step lives in its own module. [`Attestor::attest_traced`] also records what every step
+//! saw, for `attestor explain`.
+//!
+//! Outcomes, as SPIRE's k8s attestor (study §2–§4), plus our own for bad PIDs:
+//! * not in a pod (root cgroup, kernel thread, a cgroup path without a container ID) ⇒
+//!   success with zero selectors, and the kubelet is not called;
+//! * container found ⇒ its selectors, but only if the same process is still alive then
+//!   (the pidfd taken at resolution), so a PID recycled during the kubelet round trip never
+//!   gets the old process's identity;
+//! * container never in the list ⇒ `DeadlineExceeded` "no selectors found after max poll
+//!   attempts"; kubelet failing at the last attempt ⇒ `Unavailable` with its error;
+//! * PID 0 / negative ⇒ `InvalidArgument`; no such process, exited, zombie ⇒ `NotFound`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, KubeletAuth, KubeletPort};
+use crate::kubelet::{
+    Auth, DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_TIMEOUT, Endpoint, KubeletClient,
+    KubeletSettings, PodListFetcher,
+};
+use crate::locator::{self, ContainerRef};
+use crate::pods::{self, PodsError};
+use crate::status::{Code, Status};
+use crate::tracker::{Resolution, ResolveError, Tracker};
+
+/// The kubelet client settings a validated configuration asks for. `env` looks up
+/// environment variables (`node_name_env`).
+pub fn kubelet_settings(
+    config: &Config,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<KubeletSettings, Status> {
+    let endpoint = match config.kubelet_port() {
+        KubeletPort::ReadOnly(port) => Endpoint::ReadOnly { port },
+        KubeletPort::Secure(port) => {
+            let name = config.node_name(env);
+            Endpoint::Secure {
+                port,
+                host: (!name.is_empty()).then_some(name),
+            }
+        }
+    };
+    let auth = match config.kubelet_auth()? {
+        KubeletAuth::Anonymous => Auth::Anonymous,
+        KubeletAuth::ClientCertificate { cert, key } => Auth::ClientCert {
+            cert_path: cert,
+            key_path: key,
+        },
+        KubeletAuth::Token(path) => Auth::Token { path },
+    };
+    Ok(KubeletSettings {
+        endpoint,
+        ca_path: config.kubelet_ca_path().to_path_buf(),
+        skip_verification: config.skip_kubelet_verification(),
+        auth,
+        reload_interval: config.reload_interval(),
+        request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+    })
+}
+
+/// One configured attestation pipeline. Cheap to share (`Arc`); concurrent attestations
+/// share kubelet requests through the fetcher.
+pub struct Attestor {
+    config: Config,
+    tracker: Arc<Tracker>,
+    fetcher: PodListFetcher<KubeletClient>,
+}
+
+impl std::fmt::Debug for Attestor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attestor")
+            .field("kubelet", &self.fetcher.fetcher().url())
+            .field("tracker", &self.tracker)
+            .finish()
+    }
+}
+
+/// What each step of one attestation saw (for `attestor explain` and logs).
+#[derive(Debug, Clone, Default)]
+pub struct Trace {
+    pub pid: i64,
+    pub resolution: Option<Resolution>,
+    pub container: Option<ContainerRef>,
+    /// Pod lists searched, the newest list version seen, and kubelet requests started by
+    /// anyone during this attestation.
+    pub lists_searched: u32,
+    pub list_version: Option<u64>,
+    pub kubelet_requests: u64,
+    pub kubelet_elapsed: Option<Duration>,
+    pub total: Duration,
+}
+
+impl Attestor {
+    /// Builds the kubelet client from `config` (its files are read now: a missing CA, token,
+    /// certificate or key is an `InvalidArgument`, as in SPIRE's Configure).
+    pub fn new(
+        config: Config,
+        tracker: Arc<Tracker>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, Status> {
+        let settings = kubelet_settings(&config, env)?;
+        let client = KubeletClient::new(settings)
+            .map_err(|e| Status::new(Code::InvalidArgument, e.to_string()))?;
+        let fetcher = PodListFetcher::new(client, config.poll_retry_interval());
+        Ok(Attestor {
+            config,
+            tracker,
+            fetcher,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn tracker(&self) -> &Arc<Tracker> {
+        &self.tracker
+    }
+
+    /// The kubelet URL this attestor polls.
+    pub fn kubelet_url(&self) -> &str {
+        self.fetcher.fetcher().url()
+    }
+
+    /// Kubelet requests started so far (all attestations).
+    pub fn kubelet_requests(&self) -> u64 {
+        self.fetcher.requests_started()
+    }
+
+    /// Selector values (without the `k8s:` prefix, sorted) for the process `pid`.
+    pub async fn attest(
+        &self,
+        pid: i64,
+        cancel: impl Future<Output = ()>,
+    ) -> Result<Vec<String>, Status> {
+        self.attest_traced(pid, cancel).await.0
+    }
+
+    /// [`Attestor::attest`], also returning what each step saw.
+    pub async fn attest_traced(
+        &self,
+        pid: i64,
+        cancel: impl Future<Output = ()>,
+    ) -> (Result<Vec<String>, Status>, Trace) {
+        let started = Instant::now();
+        let mut trace = Trace {
+            pid,
+            ..Trace::default()
+        };
+        let result = self.run(pid, cancel, &mut trace).await;
+        trace.total = started.elapsed();
+        (result, trace)
+    }
+
+    async fn run(
+        &self,
+        pid: i64,
+        cancel: impl Future<Output = ()>,
+        trace: &mut Trace,
+    ) -> Result<Vec<String>, Status> {
+        let resolution = match self.tracker.resolve(pid) {
+            Ok(r) => r,
+            // Not in any container: SPIRE's "not in a pod", success with no selectors.
+            Err(ResolveError::RootCgroup(_) | ResolveError::KernelThread(_)) => {
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(resolve_status(e)),
+        };
+        let container = locator::locate_path(&resolution.cgroup_path);
+        trace.resolution = Some(resolution.clone());
+        let Some(container) = container else {
+            return Ok(Vec::new());
+        };
+        trace.container = Some(container.clone());
+
+        let opts = self.config.search_options();
+        let requests_before = self.fetcher.requests_started();
+        let kubelet_started = Instant::now();
+        let mut lists = 0u32;
+        let mut version = None;
+        // SPIRE retries a list that does not parse and reports the last such error as
+        // `Unavailable` if that was the final attempt.
+        let mut last_parse_error: Option<String> = None;
+        let max_attempts = u32::try_from(self.config.max_poll_attempts()).unwrap_or(u32::MAX);
+        let polled = self
+            .fetcher
+            .poll(
+                max_attempts,
+                |list| {
+                    lists += 1;
+                    version = Some(list.version());
+                    match pods::search(list.body(), &container, &opts) {
+                        Ok(found) => {
+                            last_parse_error = None;
+                            Ok(found)
+                        }
+                        Err(e @ PodsError::InvalidList(_)) => {
+                            last_parse_error = Some(e.to_string());
+                            Ok(None)
+                        }
+                        Err(e) => Err(e.into()),
+                    }
+                },
+                cancel,
+            )
+            .await;
+        trace.lists_searched = lists;
+        trace.list_version = version;
+        trace.kubelet_requests = self.fetcher.requests_started() - requests_before;
+        trace.kubelet_elapsed = Some(kubelet_started.elapsed());
+        let selectors = match (polled, last_parse_error) {
+            (Err(s), Some(parse)) if s.code == Code::DeadlineExceeded => {
+                return Err(Status::new(Code::Unavailable, parse));
+            }
+            (result, _) => result?,
+        };
+        // The identity is handed out only if the resolved process is still the one alive.
+        if !resolution.is_alive() {
+            return Err(Status::new(
+                Code::NotFound,
+                format!(
+                    "pid {} exited during attestation; its number may belong to another process now",
+                    resolution.pid
+                ),
+            ));
+        }
+        Ok(selectors)
+    }
+}
+
+fn resolve_status(e: ResolveError) -> Status {
+    let code = match &e {
+        ResolveError::ZeroPid
+        | ResolveError::NegativePid(_)
+        | ResolveError::PidOutOfRange(_)
+        | ResolveError::NotALeader(_) => Code::InvalidArgument,
+        ResolveError::NoSuchProcess(_) | ResolveError::Exited(_) | ResolveError::Zombie(_) => {
+            Code::NotFound
+        }
+        ResolveError::CgroupChanged(_) => Code::Unavailable,
+        _ => Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}

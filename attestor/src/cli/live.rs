@@ -1,0 +1,192 @@
+//! `attestor attest --pid` and `attestor explain --pid`: live attestation against the node's
+//! kubelet, with the configuration a SPIRE agent would pass as `plugin_data`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{Failure, OutputFormat};
+use crate::attest::{Attestor, Trace};
+use crate::config::{Config, Tracker as TrackerKey};
+use crate::status::{Code, Status};
+use crate::tracker::{Tracker, TrackerMode, TrackerOptions};
+
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// The workload's PID (host PID namespace).
+    #[arg(long, allow_negative_numbers = true)]
+    pid: i64,
+    /// plugin_data file: HCL, or JSON if the file is a JSON object.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    output: OutputFormat,
+}
+
+/// The tracker the configuration asks for.
+pub(crate) fn tracker_options(config: &Config) -> TrackerOptions {
+    TrackerOptions {
+        mode: match config.tracker() {
+            TrackerKey::Auto => TrackerMode::Auto,
+            TrackerKey::Ebpf => TrackerMode::Ebpf,
+            TrackerKey::Procfs => TrackerMode::Procfs,
+        },
+        max_processes: config.tracker_max_processes(),
+        ..TrackerOptions::default()
+    }
+}
+
+fn build(config_path: Option<&Path>) -> Result<(tokio::runtime::Runtime, Attestor), Status> {
+    let config = super::load_config(config_path)?;
+    let tracker = Tracker::start(&tracker_options(&config))
+        .map_err(|e| Status::new(Code::FailedPrecondition, e.to_string()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            Status::new(
+                Code::Internal,
+                format!("cannot start the async runtime: {e}"),
+            )
+        })?;
+    // The kubelet client (hyper) needs the runtime's context to be built.
+    let attestor = {
+        let _guard = runtime.enter();
+        Attestor::new(config, Arc::new(tracker), |k| std::env::var(k).ok())?
+    };
+    Ok((runtime, attestor))
+}
+
+/// Ctrl-C cancels the attestation (SPIRE's caller cancellation).
+async fn interrupted() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+pub(super) fn attest(pid: i64, config: Option<&Path>, format: OutputFormat) -> Result<(), Failure> {
+    let fail = |status| Failure {
+        status,
+        format,
+        notes: Vec::new(),
+    };
+    let (runtime, attestor) = build(config).map_err(fail)?;
+    let selectors = runtime
+        .block_on(attestor.attest(pid, interrupted()))
+        .map_err(fail)?;
+    super::print_selectors(&selectors, format);
+    Ok(())
+}
+
+pub(super) fn explain(args: &ExplainArgs) -> Result<(), Failure> {
+    let fail = |status| Failure {
+        status,
+        format: args.output,
+        notes: Vec::new(),
+    };
+    let (runtime, attestor) = build(args.config.as_deref()).map_err(fail)?;
+    let (result, trace) = runtime.block_on(attestor.attest_traced(args.pid, interrupted()));
+    match args.output {
+        OutputFormat::Text => print_text(&attestor, &trace, &result),
+        OutputFormat::Json => println!("{}", json(&attestor, &trace, &result)),
+    }
+    result.map(|_| ()).map_err(|status| Failure {
+        status,
+        // The explanation already went to stdout in JSON mode; the error says the rest.
+        format: OutputFormat::Text,
+        notes: Vec::new(),
+    })
+}
+
+fn print_text(attestor: &Attestor, t: &Trace, result: &Result<Vec<String>, Status>) {
+    let tracker = attestor.tracker();
+    println!("pid {}", t.pid);
+    match tracker.fallback_reason() {
+        None => println!("  tracker        eBPF (programs attached)"),
+        Some(why) => println!("  tracker        fallback ({why})"),
+    }
+    match &t.resolution {
+        Some(r) => {
+            println!(
+                "  cgroup id      {}   [{} in {:?}]",
+                r.cgroup_id, r.source, r.elapsed
+            );
+            println!("  cgroup path    {}", r.cgroup_path);
+        }
+        None => println!("  cgroup         (not resolved)"),
+    }
+    match &t.container {
+        Some(c) => {
+            println!(
+                "  pod uid        {}",
+                c.pod_uid
+                    .as_deref()
+                    .unwrap_or("(not in the path: every pod is searched)")
+            );
+            println!("  container id   {}", c.container_id);
+        }
+        None if t.resolution.is_some() => {
+            println!("  container      none in the cgroup path: not in a pod")
+        }
+        None => {}
+    }
+    if let Some(elapsed) = t.kubelet_elapsed {
+        println!(
+            "  kubelet        {}: {} list(s) searched (newest version {}), {} request(s), {:?}",
+            attestor.kubelet_url(),
+            t.lists_searched,
+            t.list_version.map_or("-".to_string(), |v| v.to_string()),
+            t.kubelet_requests,
+            elapsed
+        );
+    }
+    match result {
+        Ok(selectors) => {
+            let pick = |prefix: &str| {
+                selectors
+                    .iter()
+                    .find_map(|s| s.strip_prefix(prefix))
+                    .unwrap_or("-")
+                    .to_string()
+            };
+            if !selectors.is_empty() {
+                println!(
+                    "  matched        pod {}/{} (uid {}), container {}",
+                    pick("ns:"),
+                    pick("pod-name:"),
+                    pick("pod-uid:"),
+                    pick("container-name:")
+                );
+            }
+            println!("  selectors      {} in {:?}", selectors.len(), t.total);
+            for s in selectors {
+                println!("    k8s:{s}");
+            }
+        }
+        Err(e) => println!("  outcome        {e}  (after {:?})", t.total),
+    }
+}
+
+fn json(attestor: &Attestor, t: &Trace, result: &Result<Vec<String>, Status>) -> serde_json::Value {
+    let outcome = match result {
+        Ok(selectors) => serde_json::json!({
+            "selectors": selectors.iter().map(|s| format!("k8s:{s}")).collect::<Vec<_>>()
+        }),
+        Err(e) => serde_json::json!({"error": {"code": e.code.name(), "message": e.message}}),
+    };
+    serde_json::json!({
+        "pid": t.pid,
+        "tracker": attestor.tracker().fallback_reason().map_or("ebpf".to_string(), |r| format!("fallback: {r}")),
+        "resolution": t.resolution.as_ref().map(super::resolve::json_of),
+        "container": t.container.as_ref().map(|c| serde_json::json!({
+            "pod_uid": c.pod_uid, "container_id": c.container_id
+        })),
+        "kubelet": t.kubelet_elapsed.map(|e| serde_json::json!({
+            "lists_searched": t.lists_searched,
+            "list_version": t.list_version,
+            "requests": t.kubelet_requests,
+            "elapsed_us": e.as_micros() as u64,
+        })),
+        "total_us": t.total.as_micros() as u64,
+        "outcome": outcome,
+    })
+}
