@@ -15,8 +15,9 @@
 //!   attempts"; kubelet failing at the last attempt ⇒ `Unavailable` with its error;
 //! * PID 0 / negative ⇒ `InvalidArgument`; no such process, exited, zombie ⇒ `NotFound`.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, KubeletAuth, KubeletPort};
@@ -70,7 +71,20 @@ pub struct Attestor {
     config: Config,
     tracker: Arc<Tracker>,
     fetcher: PodListFetcher<KubeletClient>,
+    memo: Mutex<Memo>,
 }
+
+/// Search results for the newest pod list version: a list never changes, so the answer for
+/// a container is computed once per version. Warm attestations then cost a tracker lookup
+/// and a map lookup instead of a scan of the whole list. Bounded: cleared when a newer
+/// list arrives, and at most `MEMO_CAP` containers per version.
+#[derive(Default)]
+struct Memo {
+    version: u64,
+    results: HashMap<ContainerRef, Option<Vec<String>>>,
+}
+
+const MEMO_CAP: usize = 4096;
 
 impl std::fmt::Debug for Attestor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -112,6 +126,7 @@ impl Attestor {
             config,
             tracker,
             fetcher,
+            memo: Mutex::new(Memo::default()),
         })
     }
 
@@ -195,9 +210,14 @@ impl Attestor {
                 |list| {
                     lists += 1;
                     version = Some(list.version());
+                    if let Some(known) = self.memoized(list.version(), &container) {
+                        last_parse_error = None;
+                        return Ok(known);
+                    }
                     match pods::search(list.body(), &container, &opts) {
                         Ok(found) => {
                             last_parse_error = None;
+                            self.memoize(list.version(), &container, &found);
                             Ok(found)
                         }
                         Err(e @ PodsError::InvalidList(_)) => {
@@ -231,6 +251,27 @@ impl Attestor {
             ));
         }
         Ok(selectors)
+    }
+}
+
+impl Attestor {
+    fn memoized(&self, version: u64, container: &ContainerRef) -> Option<Option<Vec<String>>> {
+        let memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
+        if memo.version != version {
+            return None;
+        }
+        memo.results.get(container).cloned()
+    }
+
+    fn memoize(&self, version: u64, container: &ContainerRef, found: &Option<Vec<String>>) {
+        let mut memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
+        if version > memo.version {
+            memo.version = version;
+            memo.results.clear();
+        }
+        if version == memo.version && memo.results.len() < MEMO_CAP {
+            memo.results.insert(container.clone(), found.clone());
+        }
     }
 }
 

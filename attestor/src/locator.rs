@@ -35,7 +35,7 @@ use crate::status::{Code, Status};
 
 /// What a cgroup says about its container: the container ID and, when the path carries it,
 /// the pod UID (dashed form, as the kubelet reports `metadata.uid`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ContainerRef {
     /// `None` when the path has no pod UID (CRI-O without UID, cgroup namespaces that hide the
     /// pod level): the pod list must then be searched in full.

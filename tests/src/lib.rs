@@ -70,6 +70,7 @@ pub fn children(pid: i32) -> Vec<i32> {
 pub fn kill_and_reap(pid: i32) {
     let _ = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
+        .stderr(std::process::Stdio::null())
         .status();
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {

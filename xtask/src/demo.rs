@@ -1,4 +1,5 @@
-//! `cargo xtask demo`: builds everything and runs `attestor demo` (needs root).
+//! `cargo xtask demo`: builds everything and runs the demo binary (`tests/src/bin/demo.rs`,
+//! needs root): tracker + kubelet simulator + workloads in kubelet-style cgroups, attested live.
 
 use anyhow::{Result, bail};
 

@@ -10,7 +10,6 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use crate::status::Status;
 
 mod check_config;
-mod demo;
 mod live;
 mod logger;
 mod replay;
@@ -34,8 +33,6 @@ struct Cli {
 enum Command {
     /// Resolve a PID to its cgroup and show which source answered.
     Resolve(resolve::ResolveArgs),
-    /// Demo without a cluster (needs root): tracker + workloads in kubelet-style cgroups.
-    Demo,
     /// Compute the k8s selectors of a workload, exactly as SPIRE's k8s attestor would.
     Attest(AttestArgs),
     /// Explain a live attestation step by step: PID → cgroup → container → pod → selectors.
@@ -168,7 +165,6 @@ pub fn main() -> i32 {
         Some(Command::Explain(args)) => live::explain(&args),
         Some(Command::CheckConfig { file }) => check_config::run(&file),
         Some(Command::Resolve(args)) => return resolve::run(&args),
-        Some(Command::Demo) => return demo::run(),
     };
     match result {
         Ok(()) => 0,
