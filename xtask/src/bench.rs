@@ -7,7 +7,8 @@ use crate::{build_ebpf, setup};
 
 #[derive(clap::Args, Default)]
 pub struct Options {
-    /// Which benchmark: `tracker` (resolve + spawn overhead + map memory) or `all`.
+    /// Which benchmark: `tracker` (resolve, spawn overhead, map memory), `attest` (warm,
+    /// cold, burst live attestation) or `all`.
     #[arg(default_value = "all")]
     pub which: String,
 }
@@ -18,16 +19,22 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     setup::run()?;
     build_ebpf::run(&build_ebpf::Options::default())?;
-    match opts.which.as_str() {
-        "tracker" | "all" => exec(cargo().args([
+    let bins: &[&str] = match opts.which.as_str() {
+        "tracker" => &["tracker-bench"],
+        "attest" => &["attest-bench"],
+        "all" => &["tracker-bench", "attest-bench"],
+        other => bail!("unknown benchmark `{other}` (expected: tracker, attest, all)"),
+    };
+    for bin in bins {
+        exec(cargo().args([
             "run",
             "--quiet",
             "--release",
             "--package",
             "attestor-tests",
             "--bin",
-            "tracker-bench",
-        ])),
-        other => bail!("unknown benchmark `{other}` (expected: tracker, all)"),
+            bin,
+        ]))?;
     }
+    Ok(())
 }

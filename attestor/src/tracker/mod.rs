@@ -14,6 +14,7 @@
 //!
 //! This module stops at the cgroup; the container locator takes it from there.
 
+mod btf;
 mod kernel;
 pub mod offsets;
 pub mod procfs;

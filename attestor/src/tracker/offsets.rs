@@ -4,7 +4,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use btfparse::{Offset, Readable, TypeInformation};
+use super::btf::Btf;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -43,27 +43,6 @@ pub struct TaskOffsets {
     pub kernfs_node_id: u32,
 }
 
-struct Bytes(Vec<u8>);
-
-impl Readable for Bytes {
-    fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        match start
-            .checked_add(buffer.len())
-            .and_then(|end| self.0.get(start..end))
-        {
-            Some(src) => {
-                buffer.copy_from_slice(src);
-                Ok(())
-            }
-            None => Err(btfparse::Error::new(
-                btfparse::ErrorKind::IOError,
-                "read past the end of the BTF blob",
-            )),
-        }
-    }
-}
-
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 impl TaskOffsets {
@@ -72,9 +51,9 @@ impl TaskOffsets {
             path: path.into(),
             source,
         })?;
-        let info = TypeInformation::new(&Bytes(blob)).map_err(|e| OffsetError::ParseBtf {
+        let btf = Btf::parse(blob).map_err(|e| OffsetError::ParseBtf {
             path: path.into(),
-            message: format!("{e:?}"),
+            message: e.to_string(),
         })?;
         let member =
             |ty: &'static str, member: &'static str, size: usize| -> Result<u32, OffsetError> {
@@ -83,16 +62,14 @@ impl TaskOffsets {
                     member,
                     message,
                 };
-                let tid = info.id_of(ty).ok_or_else(|| err("type not found".into()))?;
-                let (member_tid, offset) = info
-                    .offset_of(tid, member)
-                    .map_err(|e| err(format!("{e:?}")))?;
-                let Offset::ByteOffset(off) = offset else {
-                    return Err(err("is a bitfield".into()));
-                };
-                let actual = info
-                    .size_of(member_tid)
-                    .map_err(|e| err(format!("{e:?}")))?;
+                let id = btf
+                    .struct_id(ty)
+                    .ok_or_else(|| err("type not found".into()))?;
+                let (off, member_ty) = btf
+                    .member(id, member)
+                    .map_err(|e| err(e.to_string()))?
+                    .ok_or_else(|| err("no such member".into()))?;
+                let actual = btf.size_of(member_ty).map_err(|e| err(e.to_string()))?;
                 if actual != size {
                     return Err(err(format!("is {actual} bytes, expected {size}")));
                 }
