@@ -233,10 +233,10 @@ impl Btf {
             };
             if name_off == 0 {
                 let (_, inner) = self.resolve(ty)?;
-                if inner.kind == KIND_STRUCT || inner.kind == KIND_UNION {
-                    if let Some((off, t)) = self.member_in(ty, member, depth + 1)? {
-                        return Ok(Some((bit_offset / 8 + off, t)));
-                    }
+                if (inner.kind == KIND_STRUCT || inner.kind == KIND_UNION)
+                    && let Some((off, t)) = self.member_in(ty, member, depth + 1)?
+                {
+                    return Ok(Some((bit_offset / 8 + off, t)));
                 }
                 continue;
             }
