@@ -133,6 +133,23 @@ pub fn raise_memlock_rlimit() -> io::Result<()> {
     Ok(())
 }
 
+/// Raises the soft RLIMIT_NOFILE to the hard limit (as the Go runtime does for the SPIRE
+/// agent): every attestation in flight holds a pidfd. Returns the new soft limit.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable rlimit struct.
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } as libc::c_long)?;
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: as above; raising the soft limit up to the hard limit needs no privilege.
+        cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } as libc::c_long)?;
+    }
+    Ok(limit.rlim_cur)
+}
+
 /// `clone3(CLONE_INTO_CGROUP)`, for tests and the demo: starts a child directly in the cgroup
 /// `cgroup_dir` (Linux 5.7), optionally with a chosen pid (`set_tid`, Linux 5.5, needs
 /// CAP_SYS_ADMIN). With `argv` the child execs it; without, it waits in `pause()` until killed

@@ -125,9 +125,12 @@ fn forked_child_without_exec_inherits_the_container() {
             .find(|c| comm(*c).as_deref() == Some("sh"))
     })
     .expect("subshell forked");
-    let entry = tracker
-        .map_entry(subshell as u32)
-        .expect("entry for the subshell");
+    // A child shows in /proc a moment before `task_newtask` (the end of copy_process) runs;
+    // until then resolve() would answer from the fallback.
+    let entry = wait_for(Duration::from_secs(5), || {
+        tracker.map_entry(subshell as u32)
+    })
+    .expect("entry for the subshell");
     assert_eq!(entry.origin, origin::FORK, "the subshell never exec'd");
     assert_eq!(
         assert_resolves_to(&tracker, &sandbox, subshell, &dir),

@@ -9,6 +9,7 @@ mod demo;
 mod setup;
 mod test;
 mod util;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -35,6 +36,8 @@ enum Command {
     Demo,
     /// Run the benchmarks and print the figures recorded in BENCHMARKS.md.
     Bench(bench::Options),
+    /// Kernel-facing tests in qemu (TCG) on Debian's 5.10, 6.1 (+ BPF LSM off) and 6.12.
+    VmTest(vm::Options),
 }
 
 fn main() {
@@ -45,6 +48,7 @@ fn main() {
         Command::Test(opts) => test::run(&opts),
         Command::Demo => demo::run(),
         Command::Bench(opts) => bench::run(&opts),
+        Command::VmTest(opts) => vm::run(&opts),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

@@ -3,10 +3,13 @@
 use anyhow::{Result, bail};
 
 use crate::util::{self, cargo, exec};
-use crate::{build_ebpf, setup};
+use crate::{build_ebpf, setup, vm};
 
 #[derive(clap::Args, Default)]
 pub struct Options {
+    /// Skip the VM tests (qemu boots of other kernels).
+    #[arg(long)]
+    pub no_vm: bool,
     /// Extra arguments passed to `cargo test` after `--` (e.g. a test name filter).
     #[arg(last = true)]
     pub args: Vec<String>,
@@ -30,5 +33,13 @@ pub fn run(opts: &Options) -> Result<()> {
     ]))?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--"]).args(&opts.args);
-    exec(&mut cmd)
+    exec(&mut cmd)?;
+    if opts.no_vm {
+        eprintln!("xtask: VM tests skipped (--no-vm)");
+        return Ok(());
+    }
+    vm::run(&vm::Options {
+        kernels: Vec::new(),
+        timeout: 600,
+    })
 }

@@ -222,6 +222,14 @@ impl Tracker {
         }
         let cgroupfs = CgroupFs::discover()?;
         let pidfd_info = opts.pidfd_info && probe_pidfd_info();
+        // Each resolution in flight holds a pidfd until its attestation ends.
+        match sys::raise_nofile_limit() {
+            Ok(n) if n < 4096 => log::warn!(
+                "open-file limit is {n}: concurrent attestations beyond that fail with EMFILE; raise RLIMIT_NOFILE"
+            ),
+            Ok(_) => {}
+            Err(e) => log::warn!("cannot raise the open-file limit: {e}"),
+        }
         let (kernel, fallback_reason) = match opts.mode {
             TrackerMode::Procfs => (
                 None,
