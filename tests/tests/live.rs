@@ -169,14 +169,40 @@ async fn sim_with(pods: Vec<serde_json::Value>) -> KubeletSim {
         .expect("simulator")
 }
 
+/// What most tests need: root, the tracker, a sandbox and a simulator serving `pod` among
+/// generated ones (token auth). `None` when not root outside CI.
+struct Live {
+    tracker: Arc<Tracker>,
+    sandbox: Sandbox,
+    sim: KubeletSim,
+}
+
+impl Live {
+    async fn start(pod: PodBuilder) -> Option<Live> {
+        if !require_root() {
+            return None;
+        }
+        let tracker = tracker();
+        let sandbox = Sandbox::new(tracker.cgroupfs(), "live").expect("sandbox");
+        let sim = sim_with(vec![pod.build()]).await;
+        Some(Live {
+            tracker,
+            sandbox,
+            sim,
+        })
+    }
+}
+
 #[tokio::test]
 async fn attests_a_process_over_tls_with_a_token() {
-    if !require_root() {
+    let Some(Live {
+        tracker,
+        sandbox,
+        sim,
+    }) = Live::start(cart_pod(true)).await
+    else {
         return;
-    }
-    let tracker = tracker();
-    let sandbox = Sandbox::new(tracker.cgroupfs(), "live").expect("sandbox");
-    let sim = sim_with(vec![cart_pod(true).build()]).await;
+    };
     let dir = TempDir::new("live");
     let a = attestor(&config_text(&sim, &dir, ""), tracker);
     let pid = workload(&sandbox, Layout::SystemdContainerd, POD_UID, &app_hex());
@@ -235,12 +261,14 @@ async fn attests_with_a_client_certificate_and_cgroupfs_layout() {
 
 #[tokio::test]
 async fn container_that_appears_after_a_few_polls_is_found() {
-    if !require_root() {
+    let Some(Live {
+        tracker,
+        sandbox,
+        sim,
+    }) = Live::start(cart_pod(false)).await
+    else {
         return;
-    }
-    let tracker = tracker();
-    let sandbox = Sandbox::new(tracker.cgroupfs(), "live").expect("sandbox");
-    let sim = sim_with(vec![cart_pod(false).build()]).await;
+    };
     let app = Runtime::Containerd.container_id(&app_hex());
     sim.add_container_status_after(3, POD_UID, ContainerKind::Regular, "app", APP_IMAGE, &app);
     let dir = TempDir::new("live");
@@ -260,12 +288,14 @@ async fn container_that_appears_after_a_few_polls_is_found() {
 
 #[tokio::test]
 async fn gives_up_after_max_poll_attempts() {
-    if !require_root() {
+    let Some(Live {
+        tracker,
+        sandbox,
+        sim,
+    }) = Live::start(cart_pod(false)).await
+    else {
         return;
-    }
-    let tracker = tracker();
-    let sandbox = Sandbox::new(tracker.cgroupfs(), "live").expect("sandbox");
-    let sim = sim_with(vec![cart_pod(false).build()]).await;
+    };
     let dir = TempDir::new("live");
     let a = attestor(&config_text(&sim, &dir, "max_poll_attempts = 4\n"), tracker);
     let pid = workload(&sandbox, Layout::SystemdContainerd, POD_UID, &app_hex());
@@ -281,12 +311,14 @@ async fn gives_up_after_max_poll_attempts() {
 
 #[tokio::test]
 async fn kubelet_failures_are_unavailable() {
-    if !require_root() {
+    let Some(Live {
+        tracker,
+        sandbox,
+        sim,
+    }) = Live::start(cart_pod(true)).await
+    else {
         return;
-    }
-    let tracker = tracker();
-    let sandbox = Sandbox::new(tracker.cgroupfs(), "live").expect("sandbox");
-    let sim = sim_with(vec![cart_pod(true).build()]).await;
+    };
     let pid = workload(&sandbox, Layout::SystemdContainerd, POD_UID, &app_hex());
 
     // A CA that did not sign the kubelet's certificate: never trusted.
@@ -318,12 +350,14 @@ async fn kubelet_failures_are_unavailable() {
 
 #[tokio::test]
 async fn process_not_in_a_pod_gets_no_selectors_and_no_kubelet_call() {
-    if !require_root() {
+    let Some(Live {
+        tracker,
+        sandbox,
+        sim,
+    }) = Live::start(cart_pod(true)).await
+    else {
         return;
-    }
-    let tracker = tracker();
-    let sandbox = Sandbox::new(tracker.cgroupfs(), "live").expect("sandbox");
-    let sim = sim_with(vec![cart_pod(true).build()]).await;
+    };
     let dir = TempDir::new("live");
     let a = attestor(&config_text(&sim, &dir, ""), tracker);
     let host_dir = sandbox.dir("system.slice/sshd.service").expect("cgroup");
@@ -350,12 +384,14 @@ async fn process_not_in_a_pod_gets_no_selectors_and_no_kubelet_call() {
 
 #[tokio::test]
 async fn cancellation_is_honoured() {
-    if !require_root() {
+    let Some(Live {
+        tracker,
+        sandbox,
+        sim,
+    }) = Live::start(cart_pod(false)).await
+    else {
         return;
-    }
-    let tracker = tracker();
-    let sandbox = Sandbox::new(tracker.cgroupfs(), "live").expect("sandbox");
-    let sim = sim_with(vec![cart_pod(false).build()]).await;
+    };
     let dir = TempDir::new("live");
     let a = attestor(
         &config_text(&sim, &dir, "max_poll_attempts = 1000\n"),
@@ -373,12 +409,14 @@ async fn cancellation_is_honoured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_that_exits_during_attestation_gets_no_identity() {
-    if !require_root() {
+    let Some(Live {
+        tracker,
+        sandbox,
+        sim,
+    }) = Live::start(cart_pod(false)).await
+    else {
         return;
-    }
-    let tracker = tracker();
-    let sandbox = Sandbox::new(tracker.cgroupfs(), "live").expect("sandbox");
-    let sim = sim_with(vec![cart_pod(false).build()]).await;
+    };
     let app = Runtime::Containerd.container_id(&app_hex());
     sim.add_container_status_after(5, POD_UID, ContainerKind::Regular, "app", APP_IMAGE, &app);
     let dir = TempDir::new("live");
@@ -401,12 +439,14 @@ async fn a_process_that_exits_during_attestation_gets_no_identity() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_attestations_share_kubelet_requests() {
-    if !require_root() {
+    let Some(Live {
+        tracker,
+        sandbox,
+        sim,
+    }) = Live::start(cart_pod(false)).await
+    else {
         return;
-    }
-    let tracker = tracker();
-    let sandbox = Sandbox::new(tracker.cgroupfs(), "live").expect("sandbox");
-    let sim = sim_with(vec![cart_pod(false).build()]).await;
+    };
     let app = Runtime::Containerd.container_id(&app_hex());
     sim.add_container_status_after(2, POD_UID, ContainerKind::Regular, "app", APP_IMAGE, &app);
     let dir = TempDir::new("live");

@@ -138,36 +138,29 @@ fn parse_certificates_for_ca(
     path: &Path,
     pem: &[u8],
 ) -> Result<Vec<CertificateDer<'static>>, KubeletError> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| KubeletError::ParseCa {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
-    if certs.is_empty() {
-        return Err(KubeletError::ParseCa {
-            path: path.to_owned(),
-            reason: "no PEM CERTIFICATE block found".into(),
-        });
-    }
-    Ok(certs)
+    pem_certificates(pem).map_err(|reason| KubeletError::ParseCa {
+        path: path.to_owned(),
+        reason,
+    })
 }
 
 fn parse_certificates(
     path: &Path,
     pem: &[u8],
 ) -> Result<Vec<CertificateDer<'static>>, KubeletError> {
+    pem_certificates(pem).map_err(|reason| KubeletError::ParseCertificate {
+        path: path.to_owned(),
+        reason,
+    })
+}
+
+/// Every CERTIFICATE block of a PEM file; at least one.
+fn pem_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| KubeletError::ParseCertificate {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| e.to_string())?;
     if certs.is_empty() {
-        return Err(KubeletError::ParseCertificate {
-            path: path.to_owned(),
-            reason: "no PEM CERTIFICATE block found".into(),
-        });
+        return Err("no PEM CERTIFICATE block found".into());
     }
     Ok(certs)
 }
