@@ -11,6 +11,7 @@
 
 pub mod cgroupfs;
 pub mod cli;
+pub mod plugin;
 pub mod sandbox;
 pub mod status;
 mod sys;
