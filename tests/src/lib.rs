@@ -1,5 +1,7 @@
 //! Helpers shared by the integration tests (real kernel, real cgroups, real processes).
 
+pub mod plugin_attestor;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 

@@ -81,6 +81,15 @@ where
     A: Attestor,
     F: FnOnce() -> Result<A, String>,
 {
+    if !is_plugin_mode() {
+        // go-plugin's Serve does the same when the magic cookie is missing.
+        eprintln!(
+            "This binary is a plugin. These are not meant to be executed directly.\n\
+             Please execute the program that consumes these plugins (the SPIRE agent), which \
+             will load any plugins automatically."
+        );
+        return 1;
+    }
     hclog::HclogLogger::install();
     install_panic_hook();
     let env = HostEnv::from_env();

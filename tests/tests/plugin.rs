@@ -1,0 +1,489 @@
+//! The SPIRE plugin surface, loaded by HashiCorp's real go-plugin client.
+//!
+//! `tests/go-host` (Go, built here into `target/tmp/go-host` against Debian's go-plugin 1.0.1)
+//! loads `attestor-test-plugin` exactly as the SPIRE agent loads `plugin_cmd`: magic cookie,
+//! gRPC only, no AutoMTLS, SHA-256 checksum, `broker.Accept(1)` with the metrics host
+//! service, then Init → Configure → Attest → Deinit → Kill. The plugin runs the real plugin
+//! server with the test attestor (real eBPF tracker, selectors from the cgroup path), and the
+//! processes attested are real, in kubelet-style cgroups.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use attestor::sandbox::{Layout, Sandbox};
+use attestor::tracker::spawn_into_cgroup;
+use attestor_tests::{cgroup_id, comm, kill_and_reap, require_root, wait_for};
+use serde_json::{Value, json};
+
+const PLUGIN: &str = env!("CARGO_BIN_EXE_attestor-test-plugin");
+const POD_A: &str = "6f1c2d3e-4a5b-4c6d-8e7f-a0b1c2d3e4f5";
+const POD_B: &str = "7a8b9c0d-1e2f-4a3b-9c4d-5e6f7a8b9c0d";
+const CID_A: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+const CID_B: &str = "b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90a1";
+const CID_HOLD: &str = "c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2";
+const CID_PANIC: &str = "d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3";
+
+const SERVICES: [&str; 2] = [
+    "spire.plugin.agent.workloadattestor.v1.WorkloadAttestor",
+    "spire.service.common.config.v1.Config",
+];
+
+/// Builds the Go host once per test binary (GOPATH mode against /usr/share/gocode).
+fn go_host() -> &'static Path {
+    static HOST: OnceLock<PathBuf> = OnceLock::new();
+    HOST.get_or_init(|| {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("go-host");
+        let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-host");
+        let bin = work.join("attestor-go-host");
+        let status = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&bin)
+            .arg(".")
+            .current_dir(&src)
+            .env("GO111MODULE", "off")
+            .env(
+                "GOPATH",
+                format!("{}:/usr/share/gocode", work.join("gopath").display()),
+            )
+            .env("GOCACHE", work.join("cache"))
+            .env("GOFLAGS", "")
+            .status()
+            .unwrap_or_else(|e| {
+                panic!("cannot run `go` ({e}): run `cargo xtask setup` (installs golang-go and go-plugin)")
+            });
+        assert!(status.success(), "go build of tests/go-host failed");
+        bin
+    })
+}
+
+/// A running Go host: one JSON command in, one JSON result out.
+struct Host {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Host {
+    fn start() -> Host {
+        let mut child = Command::new(go_host())
+            .arg("-plugin")
+            .arg(PLUGIN)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the Go host");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        Host {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    fn call(&mut self, cmd: Value) -> Value {
+        writeln!(self.stdin, "{cmd}").expect("write to the Go host");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read the Go host");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{cmd}: bad reply {line:?}: {e}"))
+    }
+
+    fn load(&mut self) -> Value {
+        let r = self.call(json!({"op": "load"}));
+        assert_eq!(r["ok"], true, "load: {r}");
+        assert_eq!(r["plugin_services"], json!(SERVICES), "Init answer");
+        assert_eq!(r["negotiated"], 1);
+        r
+    }
+
+    fn configure(&mut self, hcl: &str) -> (String, String) {
+        code(&self.call(json!({"op": "configure", "hcl": hcl})))
+    }
+
+    fn attest(&mut self, pid: i32) -> Value {
+        self.call(json!({"op": "attest", "pid": pid}))
+    }
+
+    fn attest_ok(&mut self, pid: i32) -> Vec<String> {
+        let r = self.attest(pid);
+        assert_eq!(code(&r), ("OK".into(), String::new()), "attest {pid}: {r}");
+        serde_json::from_value(r["selectors"].clone()).expect("selectors")
+    }
+
+    fn wait_log(&mut self, message: &str, field: &str, value: &str) -> Value {
+        let r = self.call(json!({
+            "op": "wait_log", "message": message, "field": field, "value": value,
+            "timeout_ms": 10_000
+        }));
+        assert_eq!(
+            r["found"], true,
+            "log {message:?} {field}={value} not seen: {r}"
+        );
+        r["entry"].clone()
+    }
+
+    /// Deinit + Kill; asserts the plugin exited by itself with status 0 (no SIGKILL).
+    fn unload(&mut self) {
+        let r = self.call(json!({"op": "deinit"}));
+        assert_eq!(code(&r), ("OK".into(), String::new()), "deinit: {r}");
+        let r = self.call(json!({"op": "kill"}));
+        assert_eq!(
+            r,
+            json!({"graceful": true, "exited_logged": true, "exit_error": ""}),
+            "the plugin must exit on Shutdown, with status 0, before go-plugin's 2 s SIGKILL"
+        );
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn code(r: &Value) -> (String, String) {
+    (
+        r["code"].as_str().unwrap_or("?").to_string(),
+        r["message"].as_str().unwrap_or("?").to_string(),
+    )
+}
+
+fn sleeper(dir: &Path) -> i32 {
+    let pid = spawn_into_cgroup(dir, Some(&["/bin/sleep", "120"]), None).expect("clone3");
+    wait_for(Duration::from_secs(5), || {
+        (comm(pid).as_deref() == Some("sleep")).then_some(())
+    })
+    .expect("child exec'd sleep");
+    pid
+}
+
+fn expected(sandbox: &Sandbox, dir: &Path) -> Vec<String> {
+    vec![
+        format!("cgroup-path:{}", sandbox.hierarchy_path(dir)),
+        format!("cgroup-id:{}", cgroup_id(dir)),
+    ]
+}
+
+fn sandbox(tag: &str) -> Sandbox {
+    let cgfs = attestor::cgroupfs::CgroupFs::discover().expect("cgroup2 mount");
+    Sandbox::new(&cgfs, tag).expect("sandbox")
+}
+
+#[test]
+fn loads_twenty_times_in_a_row_and_exits_cleanly_each_time() {
+    if !require_root() {
+        return;
+    }
+    let sb = sandbox("plugin-load");
+    let dir = sb
+        .container(Layout::SystemdContainerd, POD_A, CID_A)
+        .expect("cgroup");
+    let pid = sleeper(&dir);
+    let mut host = Host::start();
+    for round in 0..20 {
+        host.load();
+        assert_eq!(
+            host.configure(""),
+            ("OK".into(), String::new()),
+            "round {round}"
+        );
+        assert_eq!(host.attest_ok(pid), expected(&sb, &dir), "round {round}");
+        // Deinit reached the attestor (the tracker was released) …
+        host.call(json!({"op": "deinit"}));
+        let e = host.wait_log("test attestor: tracker released", "released", "true");
+        assert_eq!(e["@level"], "info");
+        // … and Kill found the process gone by itself.
+        let r = host.call(json!({"op": "kill"}));
+        assert_eq!(
+            r,
+            json!({"graceful": true, "exited_logged": true, "exit_error": ""}),
+            "round {round}"
+        );
+    }
+    kill_and_reap(pid);
+}
+
+#[test]
+fn attests_real_processes_in_kubelet_style_cgroups() {
+    if !require_root() {
+        return;
+    }
+    let sb = sandbox("plugin-attest");
+    let systemd = sb
+        .container(Layout::SystemdContainerd, POD_A, CID_A)
+        .expect("cgroup");
+    let cgroupfs = sb
+        .container(Layout::Cgroupfs, POD_B, CID_B)
+        .expect("cgroup");
+    let a = sleeper(&systemd);
+    let b = sleeper(&cgroupfs);
+    let mut host = Host::start();
+    host.load();
+    assert_eq!(host.configure(""), ("OK".into(), String::new()));
+    assert_eq!(host.attest_ok(a), expected(&sb, &systemd));
+    assert_eq!(host.attest_ok(b), expected(&sb, &cgroupfs));
+    assert_eq!(
+        host.attest_ok(a)[0],
+        format!(
+            "cgroup-path:{}/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod6f1c2d3e_4a5b_4c6d_8e7f_a0b1c2d3e4f5.slice/cri-containerd-{CID_A}.scope",
+            sb.hierarchy_path(sb.root())
+        )
+    );
+    // A process that moved is answered with its new cgroup.
+    Sandbox::move_process(&cgroupfs, a).expect("move");
+    assert_eq!(host.attest_ok(a), expected(&sb, &cgroupfs));
+    // Errors from the attestor keep their codes through gRPC.
+    kill_and_reap(b);
+    assert_eq!(
+        code(&host.attest(b)),
+        ("NotFound".into(), format!("no process with pid {b}"))
+    );
+    assert_eq!(
+        code(&host.attest(0)),
+        (
+            "InvalidArgument".into(),
+            "pid 0 is not a process (the caller is not visible in this PID namespace; run with hostPID)"
+                .into()
+        )
+    );
+    host.unload();
+    kill_and_reap(a);
+}
+
+#[test]
+fn configure_errors_and_attest_before_configure() {
+    if !require_root() {
+        return;
+    }
+    let mut host = Host::start();
+    host.load();
+    let me = std::process::id() as i32;
+    assert_eq!(
+        code(&host.attest(me)),
+        ("FailedPrecondition".into(), "not configured".into())
+    );
+    assert_eq!(
+        host.configure("this is not a map"),
+        (
+            "InvalidArgument".into(),
+            "plugin_data must be a map of `key = value` lines: line 1: \"this is not a map\""
+                .into()
+        )
+    );
+    assert_eq!(
+        host.configure("node_name = \"n1\"\n\n\"kubelet_secure_port\" = 10250"),
+        (
+            "InvalidArgument".into(),
+            "unknown configurations detected: kubelet_secure_port,node_name".into()
+        )
+    );
+    // A failed Configure leaves the plugin unconfigured.
+    assert_eq!(
+        code(&host.attest(me)),
+        ("FailedPrecondition".into(), "not configured".into())
+    );
+    // A panic in Configure is Internal; the plugin lives on.
+    assert_eq!(
+        host.configure("panic_on_configure = true"),
+        (
+            "Internal".into(),
+            "Configure panicked: test attestor: panic_on_configure is set".into()
+        )
+    );
+    let r = host.call(json!({"op": "validate", "hcl": "bogus = 1"}));
+    assert_eq!(r["code"], "OK");
+    assert_eq!(r["valid"], false);
+    assert_eq!(
+        r["notes"],
+        json!(["unknown configurations detected: bogus"])
+    );
+    let r = host.call(json!({"op": "validate", "hcl": "hold_cgroup_suffix = \"x\""}));
+    assert_eq!(
+        (r["code"].clone(), r["valid"].clone()),
+        (json!("OK"), json!(true))
+    );
+    assert_eq!(host.configure(""), ("OK".into(), String::new()));
+    let r = host.attest(me);
+    assert_eq!(r["code"], "OK", "{r}");
+    host.unload();
+}
+
+#[test]
+fn handler_panic_is_internal_and_the_plugin_keeps_serving() {
+    if !require_root() {
+        return;
+    }
+    let sb = sandbox("plugin-panic");
+    let bad = sb
+        .container(Layout::SystemdContainerd, POD_A, CID_PANIC)
+        .expect("cgroup");
+    let good = sb
+        .container(Layout::SystemdContainerd, POD_A, CID_A)
+        .expect("cgroup");
+    let (p_bad, p_good) = (sleeper(&bad), sleeper(&good));
+    let mut host = Host::start();
+    host.load();
+    let hcl = format!("panic_cgroup_suffix = \"cri-containerd-{CID_PANIC}.scope\"");
+    assert_eq!(host.configure(&hcl), ("OK".into(), String::new()));
+    for _ in 0..3 {
+        assert_eq!(
+            code(&host.attest(p_bad)),
+            (
+                "Internal".into(),
+                format!(
+                    "Attest panicked: test attestor: pid {p_bad} is in {}, which ends with panic_cgroup_suffix",
+                    sb.hierarchy_path(&bad)
+                )
+            )
+        );
+        assert_eq!(host.attest_ok(p_good), expected(&sb, &good));
+    }
+    let e = host.wait_log(
+        "plugin handler panicked; answering Internal",
+        "rpc",
+        "Attest",
+    );
+    assert_eq!(e["@level"], "error");
+    let e = host.wait_log("panic", "", "");
+    assert_eq!(e["@level"], "error");
+    assert!(
+        e["location"]
+            .as_str()
+            .is_some_and(|l| l.contains("plugin_attestor.rs")),
+        "{e}"
+    );
+    host.unload();
+    kill_and_reap(p_bad);
+    kill_and_reap(p_good);
+}
+
+#[test]
+fn cancelled_attest_reaches_the_attestor() {
+    if !require_root() {
+        return;
+    }
+    let sb = sandbox("plugin-cancel");
+    let hold = sb
+        .container(Layout::Cgroupfs, POD_B, CID_HOLD)
+        .expect("cgroup");
+    let good = sb
+        .container(Layout::Cgroupfs, POD_B, CID_B)
+        .expect("cgroup");
+    let (p_hold, p_good) = (sleeper(&hold), sleeper(&good));
+    let mut host = Host::start();
+    host.load();
+    assert_eq!(
+        host.configure(&format!("hold_cgroup_suffix = \"{CID_HOLD}\"")),
+        ("OK".into(), String::new())
+    );
+    // The host gives up after 300 ms, as an agent does when the Workload API client leaves.
+    let r = host.call(json!({"op": "attest", "pid": p_hold, "timeout_ms": 300}));
+    assert_eq!(r["code"], "DeadlineExceeded", "{r}");
+    // The plugin saw the cancellation and the attestor's future returned because of it.
+    let e = host.wait_log("attest cancelled by the caller", "pid", &p_hold.to_string());
+    assert_eq!(e["@level"], "debug");
+    assert_eq!(e["@module"], "agent.attestor-test-plugin");
+    assert_eq!(host.attest_ok(p_good), expected(&sb, &good));
+    host.unload();
+    kill_and_reap(p_hold);
+    kill_and_reap(p_good);
+}
+
+#[test]
+fn metrics_reach_the_agents_host_service() {
+    if !require_root() {
+        return;
+    }
+    let mut host = Host::start();
+    host.load();
+    host.wait_log("metrics host service connected", "", "");
+    assert_eq!(host.configure(""), ("OK".into(), String::new()));
+    let me = std::process::id() as i32;
+    assert_eq!(host.attest(me)["code"], "OK");
+    let r = host.call(json!({"op": "metrics", "n": 2, "timeout_ms": 10_000}));
+    let mut calls: Vec<Value> = serde_json::from_value(r["calls"].clone()).expect("calls");
+    calls.sort_by_key(|c| c["method"].as_str().unwrap_or_default().to_string());
+    assert_eq!(
+        calls,
+        vec![
+            json!({"method": "IncrCounter", "key": ["attestor", "attest"], "val": 1,
+                   "labels": {"status": "OK"}}),
+            json!({"method": "MeasureSince", "key": ["attestor", "attest", "latency"],
+                   "time_set": true, "labels": {"status": "OK"}}),
+        ]
+    );
+    host.unload();
+}
+
+#[test]
+fn checksum_mismatch_is_refused_before_start() {
+    if !require_root() {
+        return;
+    }
+    let mut host = Host::start();
+    let r = host.call(json!({"op": "load", "checksum": "00".repeat(32)}));
+    assert_eq!(r["ok"], false);
+    assert_eq!(r["error"], "checksums did not match");
+}
+
+/// `cargo test --release -p attestor-tests --test plugin -- --ignored --nocapture bench`
+#[test]
+#[ignore = "benchmark: run explicitly (numbers in BENCHMARKS-plugin.md)"]
+fn bench_attest_round_trip_and_start_to_handshake() {
+    if !require_root() {
+        return;
+    }
+    // Start to handshake: spawn the plugin with the cookie and read its first stdout line.
+    let mut starts: Vec<Duration> = (0..20)
+        .map(|_| {
+            let t = Instant::now();
+            let mut child = Command::new(PLUGIN)
+                .env("WorkloadAttestor", "WorkloadAttestor")
+                .env("PLUGIN_PROTOCOL_VERSIONS", "1")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn plugin");
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().expect("stdout"))
+                .read_line(&mut line)
+                .expect("handshake");
+            let d = t.elapsed();
+            assert!(line.starts_with("1|1|unix|/"), "{line}");
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+            d
+        })
+        .collect();
+    starts.sort();
+    let sb = sandbox("plugin-bench");
+    let dir = sb
+        .container(Layout::SystemdContainerd, POD_A, CID_A)
+        .expect("cgroup");
+    let pid = sleeper(&dir);
+    let mut host = Host::start();
+    let load = host.load();
+    assert_eq!(host.configure(""), ("OK".into(), String::new()));
+    let r = host.call(json!({"op": "bench", "pid": pid, "n": 5000}));
+    assert_eq!(r["code"], "OK", "{r}");
+    println!(
+        "start→handshake (20 starts): p50 {:?}, max {:?}",
+        starts[starts.len() / 2],
+        starts[starts.len() - 1]
+    );
+    println!(
+        "go-plugin Client() incl. SHA-256 of the binary: {} µs; load incl. Dispense+Init: {} µs",
+        load["connect_us"], load["load_us"]
+    );
+    println!(
+        "Attest round trip, warm, n={}: p50 {} µs, p99 {} µs, max {} µs",
+        r["n"], r["p50_us"], r["p99_us"], r["max_us"]
+    );
+    host.unload();
+    kill_and_reap(pid);
+}
