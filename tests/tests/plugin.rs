@@ -68,7 +68,21 @@ struct Host {
 
 impl Host {
     fn start() -> Host {
-        let mut child = Command::new(go_host())
+        Host::start_in(Command::new(go_host()))
+    }
+
+    /// The Go host (and so the plugin it starts) with only these capabilities (as root):
+    /// what deploy/spire-agent-daemonset.yaml grants the agent container.
+    fn start_with_caps(caps: &str) -> Host {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--inh-caps=-all", "--ambient-caps=-all"])
+            .arg(format!("--bounding-set=-all{caps}"))
+            .arg(go_host());
+        Host::start_in(cmd)
+    }
+
+    fn start_in(mut cmd: Command) -> Host {
+        let mut child = cmd
             .arg("-plugin")
             .arg(PLUGIN)
             .stdin(Stdio::piped())
@@ -418,6 +432,26 @@ fn metrics_reach_the_agents_host_service() {
         ]
     );
     host.unload();
+}
+
+#[test]
+fn runs_with_only_the_capabilities_deploy_grants() {
+    if !require_root() {
+        return;
+    }
+    let sb = sandbox("plugin-caps");
+    let dir = sb
+        .container(Layout::SystemdContainerd, POD_A, CID_A)
+        .expect("cgroup");
+    let pid = sleeper(&dir);
+    let mut host = Host::start_with_caps(",+bpf,+perfmon,+dac_read_search");
+    host.load();
+    // eBPF loaded (the tracker did not fall back).
+    host.wait_log("test attestor: tracker started", "ebpf", "true");
+    assert_eq!(host.configure(""), ("OK".into(), String::new()));
+    assert_eq!(host.attest_ok(pid), expected(&sb, &dir));
+    host.unload();
+    kill_and_reap(pid);
 }
 
 #[test]
