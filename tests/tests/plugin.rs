@@ -521,3 +521,140 @@ fn bench_attest_round_trip_and_start_to_handshake() {
     host.unload();
     kill_and_reap(pid);
 }
+
+/// The plugin started directly with the cookie (no host): stdout, stderr and the child.
+fn spawn_plugin(env: &[(&str, &str)]) -> Child {
+    let mut cmd = Command::new(PLUGIN);
+    cmd.env("WorkloadAttestor", "WorkloadAttestor")
+        .env("PLUGIN_PROTOCOL_VERSIONS", "1")
+        .env_remove("PLUGIN_CLIENT_CERT")
+        .env_remove("PLUGIN_UNIX_SOCKET_DIR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn the plugin")
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill -{sig}");
+}
+
+#[test]
+fn without_the_cookie_it_explains_and_exits_1() {
+    let out = Command::new(PLUGIN)
+        .env_remove("WorkloadAttestor")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("This binary is a plugin."), "{err}");
+    // A wrong cookie value is no cookie.
+    let out = Command::new(PLUGIN)
+        .env("WorkloadAttestor", "workloadattestor")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn automtls_is_refused_rather_than_served_in_plaintext() {
+    if !require_root() {
+        return;
+    }
+    let child = spawn_plugin(&[("PLUGIN_CLIENT_CERT", "-----BEGIN CERTIFICATE-----\n")]);
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty(), "no handshake line");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line: Value = serde_json::from_str(err.lines().next().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("hclog JSON on stderr ({e}): {err}"));
+    assert_eq!(line["@level"], "error");
+    assert!(
+        line["@message"]
+            .as_str()
+            .is_some_and(|m| m.contains("AutoMTLS") && m.contains("refusing to serve plaintext")),
+        "{line}"
+    );
+}
+
+#[test]
+fn handshake_is_the_only_stdout_line_sigint_is_ignored_sigterm_cleans_up() {
+    if !require_root() {
+        return;
+    }
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sockdir-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let mut child = spawn_plugin(&[("PLUGIN_UNIX_SOCKET_DIR", dir.to_str().expect("utf8"))]);
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("handshake");
+    let fields: Vec<&str> = line.trim_end_matches('\n').split('|').collect();
+    assert_eq!(fields.len(), 6, "{line:?}");
+    assert_eq!(fields[..3], ["1", "1", "unix"]);
+    assert_eq!(fields[4..], ["grpc", ""]);
+    let socket = PathBuf::from(fields[3]);
+    assert_eq!(socket.parent(), Some(dir.as_path()));
+    assert!(
+        socket
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("plugin"))
+    );
+    assert!(std::os::unix::net::UnixStream::connect(&socket).is_ok());
+    // SIGINT first: if it were not ignored the exit status would say so.
+    signal(&child, "INT");
+    signal(&child, "TERM");
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0), "{status}");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).expect("stdout");
+    assert_eq!(rest, "", "nothing after the handshake line");
+    assert!(!socket.exists(), "socket removed at exit");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+        .expect("stderr");
+    for l in err.lines() {
+        let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        let ts = v["@timestamp"].as_str().expect("@timestamp");
+        // 2006-01-02T15:04:05.000000Z
+        assert_eq!(ts.len(), 27, "{ts}");
+        assert_eq!(&ts[19..20], ".");
+        assert!(ts.ends_with('Z'));
+    }
+    std::fs::remove_dir(&dir).expect("rmdir");
+}
+
+#[test]
+fn serves_over_tcp_when_no_unix_socket_is_possible() {
+    if !require_root() {
+        return;
+    }
+    // go-plugin passes its own environment through: the plugin cannot create its socket in
+    // a missing directory and falls back to 127.0.0.1 in [PLUGIN_MIN_PORT, PLUGIN_MAX_PORT].
+    let mut cmd = Command::new(go_host());
+    cmd.env("PLUGIN_UNIX_SOCKET_DIR", "/nonexistent/attestor-sockets");
+    let mut host = Host::start_in(cmd);
+    host.load();
+    let e = host.wait_log("plugin serving", "", "");
+    let addr = e["address"].as_str().unwrap_or_default();
+    assert!(addr.starts_with("tcp:127.0.0.1:"), "{e}");
+    let port: u16 = addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    assert!((10000..=25000).contains(&port), "{port}");
+    assert_eq!(host.configure(""), ("OK".into(), String::new()));
+    assert_eq!(host.attest(std::process::id() as i32)["code"], "OK");
+    host.unload();
+}
