@@ -7,6 +7,9 @@
 //!     ──kubelet──▶ pod ──selectors──▶ k8s:… selectors
 //! ```
 //!
+//! `plugin` is the SPIRE external-plugin surface (go-plugin handshake, gRPC services, hclog
+//! logs) around an [`plugin::Attestor`]; `cli` starts it when a SPIRE agent runs the binary.
+//!
 //! `sys` is the only module with `unsafe` code (raw syscalls, each with a `SAFETY` note).
 
 pub mod cgroupfs;

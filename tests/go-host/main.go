@@ -16,13 +16,21 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"math/big"
+	"net"
 	"os"
 	"os/exec"
 	"sort"
@@ -34,6 +42,8 @@ import (
 	hclog "github.com/hashicorp/go-hclog"
 	plugin "github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 )
 
@@ -56,6 +66,8 @@ type command struct {
 	Value     string `json:"value"`
 	Checksum  string `json:"checksum"`
 	N         int    `json:"n"`
+	AutoMTLS  bool   `json:"automtls"`
+	Mode      string `json:"mode"`
 }
 
 type result map[string]interface{}
@@ -210,6 +222,7 @@ func (p *attestorPlugin) GRPCClient(ctx context.Context, broker *plugin.GRPCBrok
 // ---- host ----
 
 type host struct {
+	rpc     plugin.ClientProtocol
 	path    string
 	logs    *logCapture
 	logger  hclog.Logger
@@ -251,7 +264,8 @@ func (h *host) load(cmd command) result {
 		SecureConfig:     &plugin.SecureConfig{Checksum: checksum, Hash: sha256.New()},
 		Logger:           h.logger,
 		Stderr:           io.Discard,
-		AutoMTLS:         false,
+		// SPIRE: false. true exercises the plugin's AutoMTLS support.
+		AutoMTLS: cmd.AutoMTLS,
 	})
 	rpc, err := client.Client()
 	connected := time.Since(started)
@@ -264,7 +278,7 @@ func (h *host) load(cmd command) result {
 		client.Kill()
 		return result{"ok": false, "error": err.Error()}
 	}
-	h.client, h.conn = client, raw.(*grpc.ClientConn)
+	h.client, h.conn, h.rpc = client, raw.(*grpc.ClientConn), rpc
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	resp := &InitResponse{}
@@ -349,6 +363,11 @@ func (h *host) do(cmd command) result {
 		return result{"found": e != nil, "entry": e}
 	case "kill":
 		return h.kill()
+	case "ping":
+		// go-plugin's health check: grpc.health.v1.Health/Check for service "plugin".
+		return code(h.rpc.Ping())
+	case "probe":
+		return h.probe(cmd.Mode)
 	}
 	return result{"code": "HostError", "message": "unknown op " + cmd.Op}
 }
@@ -389,6 +408,63 @@ func (h *host) kill() result {
 		}
 	}
 	return r
+}
+
+// probe dials the plugin's address on a new connection that is not the host's: plaintext,
+// or TLS with a certificate the plugin was not given. With AutoMTLS both must fail.
+func (h *host) probe(mode string) result {
+	addr := h.client.ReattachConfig().Addr
+	opts := []grpc.DialOption{
+		grpc.WithBlock(),
+		grpc.WithDialer(func(_ string, t time.Duration) (net.Conn, error) {
+			return net.DialTimeout(addr.Network(), addr.String(), t)
+		}),
+	}
+	switch mode {
+	case "plaintext":
+		opts = append(opts, grpc.WithInsecure())
+	case "other_cert":
+		cert, err := selfSigned()
+		if err != nil {
+			return result{"code": "HostError", "message": err.Error()}
+		}
+		opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+			Certificates:       []tls.Certificate{cert},
+			InsecureSkipVerify: true,
+		})))
+	default:
+		return result{"code": "HostError", "message": "unknown probe mode " + mode}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	conn, err := grpc.DialContext(ctx, "unused", opts...)
+	if err != nil {
+		return result{"code": "DialFailed", "message": err.Error()}
+	}
+	defer conn.Close()
+	_, err = grpc_health_v1.NewHealthClient(conn).Check(ctx, &grpc_health_v1.HealthCheckRequest{Service: "plugin"})
+	return code(err)
+}
+
+func selfSigned() (tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "localhost"},
+		DNSNames:     []string{"localhost"},
+		NotBefore:    time.Now().Add(-time.Minute),
+		NotAfter:     time.Now().Add(time.Hour),
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
 }
 
 func main() {

@@ -522,6 +522,37 @@ fn bench_attest_round_trip_and_start_to_handshake() {
     kill_and_reap(pid);
 }
 
+#[test]
+fn automtls_through_go_plugin_accepts_only_the_hosts_certificate() {
+    if !require_root() {
+        return;
+    }
+    let mut host = Host::start();
+    let r = host.call(json!({"op": "load", "automtls": true}));
+    assert_eq!(r["ok"], true, "{r}");
+    let e = host.wait_log("plugin serving", "tls", "true");
+    assert!(
+        e["address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("unix:")),
+        "{e}"
+    );
+    assert_eq!(
+        code(&host.call(json!({"op": "ping"}))),
+        ("OK".into(), String::new())
+    );
+    // Another client, plaintext or with a certificate the host did not hand over, gets no
+    // connection (the plugin logs the failed handshake).
+    for mode in ["plaintext", "other_cert"] {
+        let r = host.call(json!({"op": "probe", "mode": mode}));
+        assert_eq!(r["code"], "DialFailed", "{mode}: {r}");
+    }
+    host.wait_log("TLS handshake with the host failed (AutoMTLS)", "", "");
+    assert_eq!(host.configure(""), ("OK".into(), String::new()));
+    assert_eq!(host.attest(std::process::id() as i32)["code"], "OK");
+    host.unload();
+}
+
 /// The plugin started directly with the cookie (no host): stdout, stderr and the child.
 fn spawn_plugin(env: &[(&str, &str)]) -> Child {
     let mut cmd = Command::new(PLUGIN);
@@ -566,7 +597,7 @@ fn without_the_cookie_it_explains_and_exits_1() {
 }
 
 #[test]
-fn automtls_is_refused_rather_than_served_in_plaintext() {
+fn automtls_with_an_unusable_client_certificate_is_refused_not_served_in_plaintext() {
     if !require_root() {
         return;
     }
@@ -582,6 +613,12 @@ fn automtls_is_refused_rather_than_served_in_plaintext() {
         line["@message"]
             .as_str()
             .is_some_and(|m| m.contains("AutoMTLS") && m.contains("refusing to serve plaintext")),
+        "{line}"
+    );
+    assert!(
+        line["error"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("PLUGIN_CLIENT_CERT is not a PEM certificate")),
         "{line}"
     );
 }

@@ -32,8 +32,8 @@ pub struct HostEnv {
     pub socket_dir: PathBuf,
     /// `PLUGIN_UNIX_SOCKET_GROUP`: group name or numeric gid for the socket (mode 0660).
     pub socket_group: Option<String>,
-    /// `PLUGIN_CLIENT_CERT` is set: the host wants AutoMTLS.
-    pub auto_mtls: bool,
+    /// `PLUGIN_CLIENT_CERT`: the host wants AutoMTLS and this is its certificate (PEM).
+    pub client_cert: Option<String>,
     /// `PLUGIN_MULTIPLEX_GRPC` is set (we answer without multiplexing, 6 fields).
     pub multiplex_requested: bool,
 }
@@ -71,7 +71,7 @@ impl HostEnv {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/tmp")),
             socket_group: non_empty("PLUGIN_UNIX_SOCKET_GROUP"),
-            auto_mtls: non_empty("PLUGIN_CLIENT_CERT").is_some(),
+            client_cert: non_empty("PLUGIN_CLIENT_CERT"),
             multiplex_requested: non_empty("PLUGIN_MULTIPLEX_GRPC").is_some(),
         }
     }
@@ -102,14 +102,15 @@ impl fmt::Display for Address {
     }
 }
 
-/// `CORE|APP|NETWORK|ADDR|grpc|` + newline: six fields, the certificate field empty (no
-/// AutoMTLS), never a seventh (older hosts split into at most six).
-pub fn handshake_line(addr: &Address) -> String {
+/// `CORE|APP|NETWORK|ADDR|grpc|CERT` + newline: six fields, `CERT` empty without AutoMTLS
+/// (else the server certificate, DER in unpadded base64), never a seventh (older hosts
+/// split into at most six).
+pub fn handshake_line(addr: &Address, cert: &str) -> String {
     let (network, address) = match addr {
         Address::Unix(p) => ("unix", p.display().to_string()),
         Address::Tcp(a) => ("tcp", a.to_string()),
     };
-    format!("{CORE_PROTOCOL_VERSION}|{APP_PROTOCOL_VERSION}|{network}|{address}|grpc|\n")
+    format!("{CORE_PROTOCOL_VERSION}|{APP_PROTOCOL_VERSION}|{network}|{address}|grpc|{cert}\n")
 }
 
 /// A bound listener, not yet handed to tokio.
@@ -284,7 +285,7 @@ mod tests {
                 max_port: 25000,
                 socket_dir: PathBuf::from("/var/tmp"),
                 socket_group: None,
-                auto_mtls: false,
+                client_cert: None,
                 multiplex_requested: false,
             }
         );
@@ -302,7 +303,10 @@ mod tests {
         ]);
         assert_eq!(e.socket_dir, PathBuf::from("/run/p"));
         assert!(!e.accepts_app_version());
-        assert!(e.auto_mtls);
+        assert_eq!(
+            e.client_cert.as_deref(),
+            Some("-----BEGIN CERTIFICATE-----")
+        );
         assert_eq!(e.min_port, 10000);
         assert_eq!(env(&[]).socket_dir, PathBuf::from("/tmp"));
         assert!(env(&[]).accepts_app_version());
@@ -311,12 +315,15 @@ mod tests {
     #[test]
     fn handshake_line_has_six_fields() {
         assert_eq!(
-            handshake_line(&Address::Unix(PathBuf::from("/tmp/plugin3358238432"))),
+            handshake_line(&Address::Unix(PathBuf::from("/tmp/plugin3358238432")), ""),
             "1|1|unix|/tmp/plugin3358238432|grpc|\n"
         );
         assert_eq!(
-            handshake_line(&Address::Tcp(SocketAddr::from(([127, 0, 0, 1], 10001)))),
-            "1|1|tcp|127.0.0.1:10001|grpc|\n"
+            handshake_line(
+                &Address::Tcp(SocketAddr::from(([127, 0, 0, 1], 10001))),
+                "MIIB"
+            ),
+            "1|1|tcp|127.0.0.1:10001|grpc|MIIB\n"
         );
     }
 

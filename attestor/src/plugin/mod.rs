@@ -3,10 +3,12 @@
 //! A SPIRE agent starts the binary with `WorkloadAttestor=WorkloadAttestor` in its
 //! environment (go-plugin's magic cookie). [`run`] then:
 //! 1. installs the hclog JSON logger on stderr ([`hclog`]) and a panic hook that logs there;
-//! 2. refuses AutoMTLS (`PLUGIN_CLIENT_CERT`), which SPIRE never enables (exit 1);
+//! 2. with `PLUGIN_CLIENT_CERT` (go-plugin AutoMTLS, which SPIRE never enables) serves TLS
+//!    that accepts only that client certificate ([`mtls`]), or exits 1, never plaintext;
 //! 3. builds the [`Attestor`], binds `<dir>/plugin<random>` (TCP only if no unix socket is
-//!    possible) and prints the one handshake line `1|1|unix|<path>|grpc|` on stdout;
-//! 4. serves plaintext h2c gRPC: health, go-plugin's broker/controller/stdio, and SPIRE's
+//!    possible) and prints the one handshake line `1|1|unix|<path>|grpc|` on stdout (the
+//!    last field is the server certificate with AutoMTLS);
+//! 4. serves gRPC (plaintext h2c unless AutoMTLS): health, go-plugin's broker/controller/stdio, and SPIRE's
 //!    Init, Config and WorkloadAttestor ([`services`]);
 //! 5. stops on `GRPCController/Shutdown` or SIGTERM (SIGINT is ignored, as in go-plugin),
 //!    runs `Attestor::deinit` if the host has not, removes the socket and exits 0.
@@ -19,11 +21,13 @@
 pub mod handshake;
 pub mod hclog;
 mod metrics;
+mod mtls;
 pub mod proto;
 mod services;
 
 use std::future::Future;
 use std::io::Write as _;
+use std::pin::Pin;
 use std::time::Duration;
 
 pub use tokio_util::sync::CancellationToken;
@@ -93,14 +97,23 @@ where
     hclog::HclogLogger::install();
     install_panic_hook();
     let env = HostEnv::from_env();
-    if env.auto_mtls {
-        log::error!(
-            "the host asked for AutoMTLS (PLUGIN_CLIENT_CERT is set), which this plugin does not \
-             implement; refusing to serve plaintext. SPIRE agents never enable AutoMTLS: check \
-             what started this process"
-        );
-        return 1;
-    }
+    // AutoMTLS (go-plugin hosts other than SPIRE): TLS or nothing, never plaintext.
+    let tls = match env
+        .client_cert
+        .as_deref()
+        .map(mtls::AutoMtls::from_client_pem)
+    {
+        None => None,
+        Some(Ok(tls)) => Some(tls),
+        Some(Err(e)) => {
+            log::error!(
+                error = e.to_string();
+                "the host asked for AutoMTLS (PLUGIN_CLIENT_CERT) but TLS cannot be set up; \
+                 refusing to serve plaintext"
+            );
+            return 1;
+        }
+    };
     if !env.accepts_app_version() {
         log::warn!(
             host_versions = env.protocol_versions.join(",");
@@ -133,7 +146,7 @@ where
             return 1;
         }
     };
-    match runtime.block_on(serve(attestor, bound)) {
+    match runtime.block_on(serve(attestor, bound, tls)) {
         Ok(()) => 0,
         Err(e) => {
             log::error!(error = e; "plugin server failed");
@@ -158,7 +171,11 @@ fn install_panic_hook() {
     }));
 }
 
-async fn serve<A: Attestor>(attestor: A, bound: Bound) -> Result<(), String> {
+async fn serve<A: Attestor>(
+    attestor: A,
+    bound: Bound,
+    tls: Option<mtls::AutoMtls>,
+) -> Result<(), String> {
     use proto::config::config_server::ConfigServer;
     use proto::goplugin::grpc_broker_server::GrpcBrokerServer;
     use proto::goplugin::grpc_controller_server::GrpcControllerServer;
@@ -186,37 +203,56 @@ async fn serve<A: Attestor>(attestor: A, bound: Bound) -> Result<(), String> {
         .add_service(InitServer::new(svc));
 
     let address = bound.address();
+    let cert = tls
+        .as_ref()
+        .map(|t| t.cert_field().to_string())
+        .unwrap_or_default();
     let stop = shutdown.clone().cancelled_owned();
+    type ServeFuture = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
     // `_socket` removes the socket file when this function returns.
-    let (server, _socket) = match bound {
-        Bound::Unix(l, file) => {
-            let l = to_tokio_unix(l).map_err(|e| format!("unix listener: {e}"))?;
-            let incoming = tokio_stream::wrappers::UnixListenerStream::new(l);
-            let fut: std::pin::Pin<Box<dyn Future<Output = _> + Send>> =
-                Box::pin(router.serve_with_incoming_shutdown(incoming, stop));
-            (fut, Some(file))
-        }
-        Bound::Tcp(l) => {
-            l.set_nonblocking(true)
-                .map_err(|e| format!("tcp listener: {e}"))?;
-            let l =
-                tokio::net::TcpListener::from_std(l).map_err(|e| format!("tcp listener: {e}"))?;
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
-            let fut: std::pin::Pin<Box<dyn Future<Output = _> + Send>> =
-                Box::pin(router.serve_with_incoming_shutdown(incoming, stop));
-            (fut, None)
-        }
-    };
+    let (server, _socket): (ServeFuture, _) =
+        match bound {
+            Bound::Unix(l, file) => {
+                let l = to_tokio_unix(l).map_err(|e| format!("unix listener: {e}"))?;
+                let incoming = tokio_stream::wrappers::UnixListenerStream::new(l);
+                let fut: ServeFuture = match tls {
+                    None => Box::pin(router.serve_with_incoming_shutdown(incoming, stop)),
+                    Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+                        tls.incoming(incoming, shutdown.clone()),
+                        stop,
+                    )),
+                };
+                (fut, Some(file))
+            }
+            Bound::Tcp(l) => {
+                l.set_nonblocking(true)
+                    .map_err(|e| format!("tcp listener: {e}"))?;
+                let l = tokio::net::TcpListener::from_std(l)
+                    .map_err(|e| format!("tcp listener: {e}"))?;
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+                let fut: ServeFuture = match tls {
+                    None => Box::pin(router.serve_with_incoming_shutdown(incoming, stop)),
+                    Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+                        tls.incoming(incoming, shutdown.clone()),
+                        stop,
+                    )),
+                };
+                (fut, None)
+            }
+        };
 
     // The handshake line is the first and only thing we write on stdout.
-    let line = handshake::handshake_line(&address);
+    let line = handshake::handshake_line(&address, &cert);
     {
         let mut out = std::io::stdout().lock();
         out.write_all(line.as_bytes())
             .and_then(|()| out.flush())
             .map_err(|e| format!("cannot write the handshake line to stdout: {e}"))?;
     }
-    log::debug!(address = address.to_string(), version = env!("CARGO_PKG_VERSION"); "plugin serving");
+    log::debug!(
+        address = address.to_string(), tls = !cert.is_empty(), version = env!("CARGO_PKG_VERSION");
+        "plugin serving"
+    );
 
     let forced = async {
         shutdown.cancelled().await;
