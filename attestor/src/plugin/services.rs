@@ -341,7 +341,8 @@ impl<A: Attestor> workload_attestor_server::WorkloadAttestor for Services<A> {
         self.0.metrics.attest_done(&result, started);
         match result {
             Ok(selector_values) => {
-                log::debug!(
+                // Trace: one line per attestation is too much for the agent's debug level.
+                log::trace!(
                     pid = pid, selectors = selector_values.len() as u64,
                     elapsed_us = started.elapsed().as_micros() as u64;
                     "attested"
