@@ -515,6 +515,8 @@ fn bench_attest_round_trip_and_start_to_handshake() {
     assert_eq!(host.configure(""), ("OK".into(), String::new()));
     let r = host.call(json!({"op": "bench", "pid": pid, "n": 5000}));
     assert_eq!(r["code"], "OK", "{r}");
+    let h = host.call(json!({"op": "bench", "mode": "health", "n": 5000}));
+    assert_eq!(h["code"], "OK", "{h}");
     println!(
         "start→handshake, test plugin incl. tracker start (20 starts): p50 {:?}, max {:?}",
         starts[starts.len() / 2],
@@ -536,6 +538,21 @@ fn bench_attest_round_trip_and_start_to_handshake() {
     );
     println!(
         "Attest round trip, warm, n={}: p50 {} µs, p99 {} µs, max {} µs",
+        r["n"], r["p50_us"], r["p99_us"], r["max_us"]
+    );
+    println!(
+        "Health/Check round trip (transport baseline), n={}: p50 {} µs, p99 {} µs, max {} µs",
+        h["n"], h["p50_us"], h["p99_us"], h["max_us"]
+    );
+    host.unload();
+    // The same without the metrics host service (no IncrCounter/MeasureSince per Attest).
+    let r = host.call(json!({"op": "load", "no_metrics": true}));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(host.configure(""), ("OK".into(), String::new()));
+    let r = host.call(json!({"op": "bench", "pid": pid, "n": 5000}));
+    assert_eq!(r["code"], "OK", "{r}");
+    println!(
+        "Attest round trip without metrics, n={}: p50 {} µs, p99 {} µs, max {} µs",
         r["n"], r["p50_us"], r["p99_us"], r["max_us"]
     );
     host.unload();

@@ -78,8 +78,10 @@ pub fn is_plugin_mode() -> bool {
 const GRACE: Duration = Duration::from_millis(800);
 
 /// Plugin mode: logs, handshake, serve until Shutdown/SIGTERM. `build` constructs the
-/// attestor after logging is set up (errors are logged and end the process with 1).
-/// Returns the process exit code.
+/// attestor after logging is set up, inside the tokio runtime (so it may `tokio::spawn`);
+/// an error is logged and ends the process with 1 before any handshake. Returns the
+/// process exit code. Without the magic cookie it prints go-plugin's "This binary is a
+/// plugin" message and returns 1.
 pub fn run<A, F>(build: F) -> i32
 where
     A: Attestor,
@@ -132,6 +134,8 @@ where
             return 1;
         }
     };
+    // `build` may start background tasks (kubelet client, caches): give it the runtime.
+    let _entered = runtime.enter();
     let attestor = match build() {
         Ok(a) => a,
         Err(e) => {

@@ -2,7 +2,7 @@
 //!
 //! go-plugin core: `plugin.GRPCBroker` (kept open, ConnInfo recorded), `plugin.GRPCController`
 //! (Shutdown), `plugin.GRPCStdio` (open, silent). SPIRE: `Init`, `Config`, `WorkloadAttestor`.
-//! Health comes from `tonic-health` (wired in `server.rs`).
+//! Health ("plugin" SERVING) comes from `tonic-health`, wired next to these in `mod.rs`.
 //!
 //! Every call into the attestor runs on its own task, so a panic becomes `Internal` and the
 //! process keeps serving; `Attest` cancels the attestor's token when the agent gives up.
