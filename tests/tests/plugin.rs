@@ -59,11 +59,13 @@ fn go_host() -> &'static Path {
     })
 }
 
-/// A running Go host: one JSON command in, one JSON result out.
+/// A running Go host: one JSON command in, one JSON result out. Its log (hclog JSON: the
+/// host's and the plugin's relayed stderr) goes to a file, printed if the test fails.
 struct Host {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
+    log: PathBuf,
 }
 
 impl Host {
@@ -82,12 +84,21 @@ impl Host {
     }
 
     fn start_in(mut cmd: Command) -> Host {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-host/logs");
+        std::fs::create_dir_all(&dir).expect("log dir");
+        let log = dir.join(format!(
+            "host-{}-{}.log",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let file = std::fs::File::create(&log).expect("host log file");
         let mut child = cmd
             .arg("-plugin")
             .arg(PLUGIN)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(file)
             .spawn()
             .expect("start the Go host");
         let stdin = child.stdin.take().expect("stdin");
@@ -96,6 +107,7 @@ impl Host {
             child,
             stdin,
             stdout,
+            log,
         }
     }
 
@@ -157,6 +169,16 @@ impl Drop for Host {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("--- Go host log ({}), last 200 lines:", self.log.display());
+            for l in &lines[lines.len().saturating_sub(200)..] {
+                eprintln!("{l}");
+            }
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 

@@ -4,12 +4,12 @@
 //! environment (go-plugin's magic cookie). [`run`] then:
 //! 1. installs the hclog JSON logger on stderr ([`hclog`]) and a panic hook that logs there;
 //! 2. with `PLUGIN_CLIENT_CERT` (go-plugin AutoMTLS, which SPIRE never enables) serves TLS
-//!    that accepts only that client certificate ([`mtls`]), or exits 1, never plaintext;
+//!    that accepts only that client certificate (`mtls`), or exits 1, never plaintext;
 //! 3. builds the [`Attestor`], binds `<dir>/plugin<random>` (TCP only if no unix socket is
 //!    possible) and prints the one handshake line `1|1|unix|<path>|grpc|` on stdout (the
 //!    last field is the server certificate with AutoMTLS);
-//! 4. serves gRPC (plaintext h2c unless AutoMTLS): health, go-plugin's broker/controller/stdio, and SPIRE's
-//!    Init, Config and WorkloadAttestor ([`services`]);
+//! 4. serves gRPC (plaintext h2c unless AutoMTLS): health, go-plugin's
+//!    broker/controller/stdio, and SPIRE's Init, Config and WorkloadAttestor (`services`);
 //! 5. stops on `GRPCController/Shutdown` or SIGTERM (SIGINT is ignored, as in go-plugin),
 //!    runs `Attestor::deinit` if the host has not, removes the socket and exits 0.
 //!
