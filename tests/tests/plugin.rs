@@ -754,3 +754,68 @@ fn serves_over_tcp_when_no_unix_socket_is_possible() {
     assert_eq!(host.attest(std::process::id() as i32)["code"], "OK");
     host.unload();
 }
+
+/// What go-plugin 1.0.1 never calls but newer hosts (SPIRE's 1.6–1.8) do: GRPCStdio, and
+/// the health service. Talks to the plugin directly with tonic clients.
+#[test]
+fn stdio_stream_stays_open_until_shutdown_and_health_is_serving() {
+    use attestor::plugin::proto::goplugin::grpc_controller_client::GrpcControllerClient;
+    use attestor::plugin::proto::goplugin::grpc_stdio_client::GrpcStdioClient;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    if !require_root() {
+        return;
+    }
+    let mut child = spawn_plugin(&[]);
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("handshake");
+    let socket = line
+        .strip_prefix("1|1|unix|")
+        .and_then(|r| r.strip_suffix("|grpc|\n"))
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .to_string();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_static("http://unused")
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let socket = socket.clone();
+                async move {
+                    tokio::net::UnixStream::connect(socket)
+                        .await
+                        .map(hyper_util::rt::TokioIo::new)
+                }
+            }))
+            .await
+            .expect("connect");
+        let mut health = HealthClient::new(channel.clone());
+        for service in ["plugin", ""] {
+            let r = health
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .expect("health check")
+                .into_inner();
+            assert_eq!(r.status, ServingStatus::Serving as i32, "{service:?}");
+        }
+        let mut stdio = GrpcStdioClient::new(channel.clone())
+            .stream_stdio(())
+            .await
+            .expect("StreamStdio")
+            .into_inner();
+        GrpcControllerClient::new(channel)
+            .shutdown(attestor::plugin::proto::goplugin::Empty {})
+            .await
+            .expect("Shutdown");
+        // The stream carried nothing and ends cleanly once the plugin shuts down.
+        assert_eq!(stdio.message().await.expect("clean end of stream"), None);
+    });
+    assert_eq!(child.wait().expect("wait").code(), Some(0));
+}
