@@ -68,8 +68,10 @@ type command struct {
 	N         int    `json:"n"`
 	AutoMTLS  bool   `json:"automtls"`
 	// NoMetrics: Init without the metrics host service name (the plugin then sends none).
-	NoMetrics bool   `json:"no_metrics"`
-	Mode      string `json:"mode"`
+	NoMetrics bool `json:"no_metrics"`
+	// ID names a call started with attest_async, for await.
+	ID   string `json:"id"`
+	Mode string `json:"mode"`
 }
 
 type result map[string]interface{}
@@ -224,6 +226,7 @@ func (p *attestorPlugin) GRPCClient(ctx context.Context, broker *plugin.GRPCBrok
 // ---- host ----
 
 type host struct {
+	pending map[string]chan result
 	rpc     plugin.ClientProtocol
 	path    string
 	logs    *logCapture
@@ -316,8 +319,21 @@ func (h *host) ctx(timeoutMs int) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), time.Duration(timeoutMs)*time.Millisecond)
 }
 
+func (h *host) attest(conn *grpc.ClientConn, cmd command) result {
+	ctx, cancel := h.ctx(cmd.TimeoutMs)
+	defer cancel()
+	resp := &AttestResponse{}
+	r := code(conn.Invoke(ctx, attestPath, &AttestRequest{Pid: cmd.Pid}, resp))
+	sel := resp.SelectorValues
+	if sel == nil {
+		sel = []string{}
+	}
+	r["selectors"] = sel
+	return r
+}
+
 func (h *host) do(cmd command) result {
-	if cmd.Op != "load" && cmd.Op != "wait_log" && h.client == nil {
+	if cmd.Op != "load" && cmd.Op != "wait_log" && cmd.Op != "await" && h.client == nil {
 		return result{"code": "HostError", "message": "not loaded"}
 	}
 	switch cmd.Op {
@@ -337,16 +353,21 @@ func (h *host) do(cmd command) result {
 		r["valid"], r["notes"] = resp.Valid, resp.Notes
 		return r
 	case "attest":
-		ctx, cancel := h.ctx(cmd.TimeoutMs)
-		defer cancel()
-		resp := &AttestResponse{}
-		r := code(h.conn.Invoke(ctx, attestPath, &AttestRequest{Pid: cmd.Pid}, resp))
-		sel := resp.SelectorValues
-		if sel == nil {
-			sel = []string{}
+		return h.attest(h.conn, cmd)
+	case "attest_async":
+		// Concurrent calls, as the agent makes them for concurrent Workload API clients.
+		ch := make(chan result, 1)
+		h.pending[cmd.ID] = ch
+		conn := h.conn
+		go func() { ch <- h.attest(conn, cmd) }()
+		return result{"started": cmd.ID}
+	case "await":
+		ch, ok := h.pending[cmd.ID]
+		if !ok {
+			return result{"code": "HostError", "message": "no call " + cmd.ID}
 		}
-		r["selectors"] = sel
-		return r
+		delete(h.pending, cmd.ID)
+		return <-ch
 	case "bench":
 		return h.bench(cmd)
 	case "deinit":
@@ -495,8 +516,9 @@ func main() {
 	}
 	logs := newLogCapture()
 	h := &host{
-		path: *path,
-		logs: logs,
+		pending: map[string]chan result{},
+		path:    *path,
+		logs:    logs,
 		logger: hclog.New(&hclog.LoggerOptions{
 			Name: "agent", Level: hclog.Trace, JSONFormat: true, Output: logs,
 		}),

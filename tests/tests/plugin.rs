@@ -819,3 +819,55 @@ fn stdio_stream_stays_open_until_shutdown_and_health_is_serving() {
     });
     assert_eq!(child.wait().expect("wait").code(), Some(0));
 }
+
+#[test]
+fn reconfigure_while_attests_are_in_flight() {
+    if !require_root() {
+        return;
+    }
+    let sb = sandbox("plugin-reconf");
+    let hold = sb
+        .container(Layout::SystemdContainerd, POD_B, CID_HOLD)
+        .expect("cgroup");
+    let good = sb
+        .container(Layout::SystemdContainerd, POD_A, CID_A)
+        .expect("cgroup");
+    let (p_hold, p_good) = (sleeper(&hold), sleeper(&good));
+    let mut host = Host::start();
+    host.load();
+    let hcl = format!("hold_cgroup_suffix = \"cri-containerd-{CID_HOLD}.scope\"");
+    assert_eq!(host.configure(&hcl), ("OK".into(), String::new()));
+    host.call(json!({"op": "attest_async", "id": "held", "pid": p_hold, "timeout_ms": 60_000}));
+    host.wait_log(
+        "test attestor: holding until cancelled",
+        "pid",
+        &p_hold.to_string(),
+    );
+    // SIGUSR1-style reconfigure while that call is in flight: not blocked by it, and the
+    // next calls see the new configuration.
+    assert_eq!(host.configure(""), ("OK".into(), String::new()));
+    assert_eq!(host.attest_ok(p_hold), expected(&sb, &hold));
+    // Concurrent calls all get their own answer.
+    for i in 0..8 {
+        let pid = if i % 2 == 0 { p_good } else { p_hold };
+        host.call(json!({"op": "attest_async", "id": format!("c{i}"), "pid": pid}));
+    }
+    for i in 0..8 {
+        let r = host.call(json!({"op": "await", "id": format!("c{i}")}));
+        let dir = if i % 2 == 0 { &good } else { &hold };
+        assert_eq!(r["code"], "OK", "c{i}: {r}");
+        assert_eq!(r["selectors"], json!(expected(&sb, dir)), "c{i}");
+    }
+    // Unload with the first call still held: go-plugin closes its connection ("transport is
+    // closing" for the caller), which cancels the call; the plugin still exits by itself.
+    host.call(json!({"op": "deinit"}));
+    let r = host.call(json!({"op": "kill"}));
+    assert_eq!(
+        r,
+        json!({"graceful": true, "exited_logged": true, "exit_error": ""})
+    );
+    let r = host.call(json!({"op": "await", "id": "held"}));
+    assert_eq!(r["code"], "Unavailable", "{r}");
+    kill_and_reap(p_hold);
+    kill_and_reap(p_good);
+}
