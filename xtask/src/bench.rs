@@ -7,7 +7,8 @@ use crate::{build_ebpf, setup};
 
 #[derive(clap::Args, Default)]
 pub struct Options {
-    /// Which benchmark: `tracker` (resolve + spawn overhead + map memory) or `all`.
+    /// Which benchmark: `tracker` (resolve + spawn overhead + map memory), `plugin` (Attest
+    /// round trip through go-plugin, start → handshake) or `all`.
     #[arg(default_value = "all")]
     pub which: String,
 }
@@ -18,8 +19,12 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     setup::run()?;
     build_ebpf::run(&build_ebpf::Options::default())?;
-    match opts.which.as_str() {
-        "tracker" | "all" => exec(cargo().args([
+    let which = opts.which.as_str();
+    if !matches!(which, "tracker" | "plugin" | "all") {
+        bail!("unknown benchmark `{which}` (expected: tracker, plugin, all)");
+    }
+    if matches!(which, "tracker" | "all") {
+        exec(cargo().args([
             "run",
             "--quiet",
             "--release",
@@ -27,7 +32,24 @@ pub fn run(opts: &Options) -> Result<()> {
             "attestor-tests",
             "--bin",
             "tracker-bench",
-        ])),
-        other => bail!("unknown benchmark `{other}` (expected: tracker, all)"),
+        ]))?;
     }
+    if matches!(which, "plugin" | "all") {
+        // BENCHMARKS-plugin.md: the start → handshake figure of the bare binary needs it built.
+        exec(cargo().args(["build", "--quiet", "--release", "--package", "attestor"]))?;
+        exec(cargo().args([
+            "test",
+            "--quiet",
+            "--release",
+            "--package",
+            "attestor-tests",
+            "--test",
+            "plugin",
+            "--",
+            "--ignored",
+            "--nocapture",
+            "bench",
+        ]))?;
+    }
+    Ok(())
 }
