@@ -34,6 +34,7 @@ import (
 	"os"
 	"os/exec"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -82,6 +83,7 @@ type logCapture struct {
 	mu      sync.Mutex
 	cond    *sync.Cond
 	entries []map[string]interface{}
+	raw     []string
 	partial []byte
 }
 
@@ -105,6 +107,7 @@ func (c *logCapture) Write(p []byte) (int, error) {
 		if json.Unmarshal(c.partial[:i], &m) == nil {
 			c.entries = append(c.entries, m)
 		}
+		c.raw = append(c.raw, string(c.partial[:i]))
 		c.partial = c.partial[i+1:]
 	}
 	c.cond.Broadcast()
@@ -333,7 +336,7 @@ func (h *host) attest(conn *grpc.ClientConn, cmd command) result {
 }
 
 func (h *host) do(cmd command) result {
-	if cmd.Op != "load" && cmd.Op != "wait_log" && cmd.Op != "await" && h.client == nil {
+	if cmd.Op != "load" && cmd.Op != "wait_log" && cmd.Op != "await" && cmd.Op != "count_logs" && h.client == nil {
 		return result{"code": "HostError", "message": "not loaded"}
 	}
 	switch cmd.Op {
@@ -385,6 +388,17 @@ func (h *host) do(cmd command) result {
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
+	case "count_logs":
+		// Log lines (host and relayed plugin lines) containing Value, since the process began.
+		h.logs.mu.Lock()
+		n := 0
+		for _, l := range h.logs.raw {
+			if strings.Contains(l, cmd.Value) {
+				n++
+			}
+		}
+		h.logs.mu.Unlock()
+		return result{"count": n}
 	case "wait_log":
 		e := h.logs.find(h.since, cmd.Message, cmd.Field, cmd.Value, time.Duration(cmd.TimeoutMs)*time.Millisecond)
 		return result{"found": e != nil, "entry": e}

@@ -346,7 +346,23 @@ fn configure_errors_and_attest_before_configure() {
     assert_eq!(host.configure(""), ("OK".into(), String::new()));
     let r = host.attest(me);
     assert_eq!(r["code"], "OK", "{r}");
+    // plugin_data may carry credentials: its text never reaches the logs, valid or not.
+    let secret = "s3cr3t-Zq8";
+    assert_eq!(
+        host.configure(&format!("hold_cgroup_suffix = \"{secret}\"")),
+        ("OK".into(), String::new())
+    );
+    assert_eq!(
+        host.configure(&format!("password = \"{secret}\"")).0,
+        "InvalidArgument"
+    );
+    host.wait_log("configured", "plugin_data_bytes", "33");
     host.unload();
+    let r = host.call(json!({"op": "count_logs", "value": secret}));
+    assert_eq!(r["count"], 0, "plugin_data text leaked into the logs");
+    // The two successful Configure calls are logged (with the length only).
+    let r = host.call(json!({"op": "count_logs", "value": "\"@message\":\"configured\""}));
+    assert_eq!(r["count"], 2);
 }
 
 #[test]

@@ -45,7 +45,9 @@ pub use services::{CONFIG_SERVICE, METRICS_HOST_SERVICE, WORKLOAD_ATTESTOR_SERVI
 pub trait Attestor: Send + Sync + 'static {
     /// Parses and validates `plugin_data` (HCL1 text as SPIRE re-prints it; "" when the agent
     /// config has none) and, on success, swaps the new configuration in atomically.
-    /// Bad configuration: `InvalidArgument`. Runs on a blocking thread.
+    /// Bad configuration: `InvalidArgument`. Runs on a blocking thread. The server never
+    /// logs `hcl`, but it logs error messages and the agent logs them too: never quote
+    /// secret values (tokens, passwords) in them.
     fn configure(&self, hcl: &str) -> Result<(), Status>;
 
     /// Checks `plugin_data` without applying it; `Ok(notes)` means valid. An
