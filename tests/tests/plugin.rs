@@ -63,7 +63,8 @@ fn go_host() -> &'static Path {
 /// host's and the plugin's relayed stderr) goes to a file, printed if the test fails.
 struct Host {
     child: Child,
-    stdin: ChildStdin,
+    /// `None` once closed (the host then unloads its plugin and exits).
+    stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
     log: PathBuf,
 }
@@ -105,14 +106,15 @@ impl Host {
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
         Host {
             child,
-            stdin,
+            stdin: Some(stdin),
             stdout,
             log,
         }
     }
 
     fn call(&mut self, cmd: Value) -> Value {
-        writeln!(self.stdin, "{cmd}").expect("write to the Go host");
+        let stdin = self.stdin.as_mut().expect("host stdin open");
+        writeln!(stdin, "{cmd}").expect("write to the Go host");
         let mut line = String::new();
         self.stdout.read_line(&mut line).expect("read the Go host");
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("{cmd}: bad reply {line:?}: {e}"))
@@ -167,8 +169,17 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Closing stdin makes the host Kill() a still-loaded plugin and exit, so a failed
+        // test leaves no orphaned plugin behind; SIGKILL only if it does not.
+        self.stdin = None;
+        if wait_for(Duration::from_secs(5), || {
+            self.child.try_wait().ok().flatten()
+        })
+        .is_none()
+        {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
         if std::thread::panicking() {
             let text = std::fs::read_to_string(&self.log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
