@@ -1,4 +1,6 @@
-//! Embeds the kernel object built by `cargo xtask build-ebpf`.
+//! Embeds the kernel object built by `cargo xtask build-ebpf`, and generates the gRPC code of
+//! the SPIRE plugin surface from `proto/*.proto` (needs `protoc`: `cargo xtask setup`
+//! installs Debian's protobuf-compiler).
 //!
 //! The eBPF crate needs nightly + rust-src + bpf-linker, so it is built by xtask in its own
 //! target dir (`target/ebpf`) and never by this host build. This script only copies the
@@ -23,9 +25,37 @@ fn newest_mtime(dir: &Path) -> Option<SystemTime> {
     newest
 }
 
+/// The plugin's gRPC services and messages (see `src/plugin/proto.rs`).
+fn compile_protos(manifest: &Path) {
+    let dir = manifest.join("proto");
+    let files = [
+        "plugin.proto",
+        "init.proto",
+        "config.proto",
+        "workloadattestor.proto",
+        "metrics.proto",
+    ]
+    .map(|f| dir.join(f));
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", f.display());
+    }
+    if let Err(e) = tonic_prost_build::configure()
+        .build_server(true)
+        // Clients: the metrics host service, and the unit tests of the services.
+        .build_client(true)
+        .compile_protos(&files, &[dir])
+    {
+        panic!(
+            "\n\ncannot generate the gRPC code from attestor/proto: {e}\n\
+             protoc (Debian: protobuf-compiler) is needed: run `cargo xtask setup`, or set PROTOC.\n"
+        );
+    }
+}
+
 fn main() {
     let manifest =
         PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    compile_protos(&manifest);
     let workspace = manifest
         .parent()
         .expect("attestor/ lives inside the workspace")

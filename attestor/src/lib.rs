@@ -7,6 +7,9 @@
 //!     ──kubelet──▶ pod ──selectors──▶ k8s:… selectors
 //! ```
 //!
+//! `plugin` is the SPIRE external-plugin surface (go-plugin handshake, gRPC services, hclog
+//! logs) around an [`plugin::Attestor`]; `cli` starts it when a SPIRE agent runs the binary.
+//!
 //! `sys` is the only module with `unsafe` code (raw syscalls, each with a `SAFETY` note).
 //!
 //! The pure attestation core (no I/O) that live attestation and the replay CLI share:
@@ -25,6 +28,7 @@ pub mod cli;
 pub mod config;
 pub mod kubelet;
 pub mod locator;
+pub mod plugin;
 pub mod pods;
 pub mod sandbox;
 pub mod selectors;

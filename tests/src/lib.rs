@@ -4,6 +4,8 @@
 pub mod kubelet_sim;
 pub mod tempdir;
 
+pub mod plugin_attestor;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 

@@ -8,7 +8,8 @@ use crate::{build_ebpf, setup};
 #[derive(clap::Args, Default)]
 pub struct Options {
     /// Which benchmark: `tracker` (resolve, spawn overhead, map memory), `attest` (warm,
-    /// cold, burst live attestation) or `all`.
+    /// cold, burst live attestation), `plugin` (Attest round trip through go-plugin,
+    /// start → handshake) or `all`.
     #[arg(default_value = "all")]
     pub which: String,
 }
@@ -19,11 +20,13 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     setup::run()?;
     build_ebpf::run(&build_ebpf::Options::default())?;
-    let bins: &[&str] = match opts.which.as_str() {
+    let which = opts.which.as_str();
+    let bins: &[&str] = match which {
         "tracker" => &["tracker-bench"],
         "attest" => &["attest-bench"],
+        "plugin" => &[],
         "all" => &["tracker-bench", "attest-bench"],
-        other => bail!("unknown benchmark `{other}` (expected: tracker, attest, all)"),
+        other => bail!("unknown benchmark `{other}` (expected: tracker, attest, plugin, all)"),
     };
     for bin in bins {
         exec(cargo().args([
@@ -34,6 +37,14 @@ pub fn run(opts: &Options) -> Result<()> {
             "attestor-tests",
             "--bin",
             bin,
+        ]))?;
+    }
+    if matches!(which, "plugin" | "all") {
+        // BENCHMARKS.md (plugin): the start → handshake figure of the bare binary needs it built.
+        exec(cargo().args(["build", "--quiet", "--release", "--package", "attestor"]))?;
+        exec(cargo().args([
+            "test", "--quiet", "--release", "--package", "attestor-tests", "--test", "plugin", "--",
+            "--ignored", "--nocapture", "bench",
         ]))?;
     }
     Ok(())

@@ -23,6 +23,18 @@ const APT_PACKAGES: &[&str] = &[
     // tests: tracefs mount helper and process tools
     "util-linux",
     "procps",
+    // attestor/build.rs: protoc generates the plugin's gRPC code.
+    "protobuf-compiler",
+    // openssl-sys (go-plugin AutoMTLS in the plugin).
+    "libssl-dev",
+    "pkg-config",
+    // tests/tests/plugin.rs: the Go test host loads the plugin with HashiCorp's go-plugin
+    // client (1.0.1 in bookworm; GOPATH build against /usr/share/gocode).
+    "golang-go",
+    "golang-github-hashicorp-go-plugin-dev",
+    "golang-github-hashicorp-go-hclog-dev",
+    "golang-google-grpc-dev",
+    "golang-goprotobuf-dev",
 ];
 
 pub fn run() -> Result<()> {

@@ -12,6 +12,7 @@ use crate::status::Status;
 mod check_config;
 mod live;
 mod logger;
+mod plugin;
 mod replay;
 mod resolve;
 
@@ -139,6 +140,11 @@ fn print_selectors(selectors: &[String], format: OutputFormat) {
 
 /// Parses the command line, runs the subcommand and returns the process exit code.
 pub fn main() -> i32 {
+    // Started by a SPIRE agent (magic cookie in the environment): plugin mode, whatever the
+    // arguments (`plugin_args`) are. It installs its own hclog logger.
+    if crate::plugin::is_plugin_mode() {
+        return plugin::run();
+    }
     logger::init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -151,7 +157,8 @@ pub fn main() -> i32 {
     let result = match cli.command {
         None => {
             print_plugin_help();
-            Ok(())
+            // As go-plugin's Serve does when the cookie is missing.
+            return 1;
         }
         Some(Command::Attest(args)) => match (&args.cgroup_file, args.pid) {
             (Some(cgroup_file), _) => replay::run(cgroup_file, args.pods_file.as_deref(), &args),
@@ -176,8 +183,14 @@ pub fn main() -> i32 {
 }
 
 fn print_plugin_help() {
-    println!(
-        "attestor is a SPIRE agent WorkloadAttestor plugin (\"k8s\") and an operator CLI.\n\
-         Run `attestor --help` for the subcommands."
+    eprintln!(
+        "This binary is a plugin: the SPIRE agent's WorkloadAttestor \"k8s\" (eBPF-assisted).\n\
+         It is not meant to be run directly. Configure the agent with:\n\n\
+         \x20   WorkloadAttestor \"k8s\" {{\n\
+         \x20       plugin_cmd = \"/opt/spire/plugins/attestor\"\n\
+         \x20       plugin_checksum = \"<sha256sum of the binary>\"\n\
+         \x20       plugin_data {{ … the k8s attestor's settings … }}\n\
+         \x20   }}\n\n\
+         See deploy/README.md. Operator subcommands: `attestor --help`."
     );
 }

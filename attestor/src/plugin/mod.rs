@@ -1,0 +1,302 @@
+//! The SPIRE external-plugin surface: `WorkloadAttestor "k8s" { plugin_cmd = … }`.
+//!
+//! A SPIRE agent starts the binary with `WorkloadAttestor=WorkloadAttestor` in its
+//! environment (go-plugin's magic cookie). [`run`] then:
+//! 1. installs the hclog JSON logger on stderr ([`hclog`]) and a panic hook that logs there;
+//! 2. with `PLUGIN_CLIENT_CERT` (go-plugin AutoMTLS, which SPIRE never enables) serves TLS
+//!    that accepts only that client certificate (`mtls`), or exits 1, never plaintext;
+//! 3. builds the [`Attestor`], binds `<dir>/plugin<random>` (TCP only if no unix socket is
+//!    possible) and prints the one handshake line `1|1|unix|<path>|grpc|` on stdout (the
+//!    last field is the server certificate with AutoMTLS);
+//! 4. serves gRPC (plaintext h2c unless AutoMTLS): health, go-plugin's
+//!    broker/controller/stdio, and SPIRE's Init, Config and WorkloadAttestor (`services`);
+//! 5. stops on `GRPCController/Shutdown` or SIGTERM (SIGINT is ignored, as in go-plugin),
+//!    runs `Attestor::deinit` if the host has not, removes the socket and exits 0.
+//!
+//! Wire details and their sources: `../shared/reference/spire-plugin-protocol.md`.
+//!
+//! This module knows nothing of pods or kubelets: the attestation pipeline plugs in through
+//! the [`Attestor`] trait.
+
+pub mod handshake;
+pub mod hclog;
+mod metrics;
+mod mtls;
+pub mod proto;
+mod services;
+
+use std::future::Future;
+use std::io::Write as _;
+use std::pin::Pin;
+use std::time::Duration;
+
+pub use tokio_util::sync::CancellationToken;
+
+use crate::status::Status;
+use handshake::{Bound, HostEnv};
+pub use services::{CONFIG_SERVICE, METRICS_HOST_SERVICE, WORKLOAD_ATTESTOR_SERVICE};
+
+/// What the plugin server needs from the attestation pipeline.
+///
+/// Calls may overlap: `attest` runs concurrently with itself and with `configure` (SPIRE
+/// re-configures on SIGUSR1 while serving). The server guarantees that `attest` is only
+/// called after one `configure` succeeded, and that `configure` calls never overlap.
+/// A panic in any method becomes gRPC `Internal` for that call; the process keeps serving.
+pub trait Attestor: Send + Sync + 'static {
+    /// Parses and validates `plugin_data` (HCL1 text as SPIRE re-prints it; "" when the agent
+    /// config has none) and, on success, swaps the new configuration in atomically.
+    /// Bad configuration: `InvalidArgument`. Runs on a blocking thread. The server never
+    /// logs `hcl`, but it logs error messages and the agent logs them too: never quote
+    /// secret values (tokens, passwords) in them.
+    fn configure(&self, hcl: &str) -> Result<(), Status>;
+
+    /// Checks `plugin_data` without applying it; `Ok(notes)` means valid. An
+    /// `InvalidArgument` error is reported as `valid = false` with its message as the note.
+    /// Runs on a blocking thread.
+    fn validate(&self, hcl: &str) -> Result<Vec<String>, Status>;
+
+    /// Selector values of process `pid`, without the `k8s:` prefix (`ns:default`, …).
+    /// `Ok(vec![])` means "not a Kubernetes workload". `cancel` fires when the agent gives up
+    /// on the call (the Workload API client went away): stop working and return
+    /// `Code::Canceled` promptly; the result is discarded.
+    fn attest(
+        &self,
+        pid: i32,
+        cancel: CancellationToken,
+    ) -> impl Future<Output = Result<Vec<String>, Status>> + Send;
+
+    /// Releases resources (Init.Deinit at unload, or at exit if the host never sent it).
+    /// Called at most once. Runs on a blocking thread.
+    fn deinit(&self);
+}
+
+/// Whether this process was started as a SPIRE `WorkloadAttestor` plugin.
+pub fn is_plugin_mode() -> bool {
+    handshake::is_plugin_mode(|k| std::env::var(k).ok())
+}
+
+/// How long in-flight calls get to finish after Shutdown before we exit anyway (the agent
+/// SIGKILLs after 2 s).
+const GRACE: Duration = Duration::from_millis(800);
+
+/// Plugin mode: logs, handshake, serve until Shutdown/SIGTERM. `build` constructs the
+/// attestor after logging is set up, inside the tokio runtime (so it may `tokio::spawn`);
+/// an error is logged and ends the process with 1 before any handshake. Returns the
+/// process exit code. Without the magic cookie it prints go-plugin's "This binary is a
+/// plugin" message and returns 1.
+pub fn run<A, F>(build: F) -> i32
+where
+    A: Attestor,
+    F: FnOnce() -> Result<A, String>,
+{
+    if !is_plugin_mode() {
+        // go-plugin's Serve does the same when the magic cookie is missing.
+        eprintln!(
+            "This binary is a plugin. These are not meant to be executed directly.\n\
+             Please execute the program that consumes these plugins (the SPIRE agent), which \
+             will load any plugins automatically."
+        );
+        return 1;
+    }
+    hclog::HclogLogger::install();
+    install_panic_hook();
+    let env = HostEnv::from_env();
+    // AutoMTLS (go-plugin hosts other than SPIRE): TLS or nothing, never plaintext.
+    let tls = match env
+        .client_cert
+        .as_deref()
+        .map(mtls::AutoMtls::from_client_pem)
+    {
+        None => None,
+        Some(Ok(tls)) => Some(tls),
+        Some(Err(e)) => {
+            log::error!(
+                error = e.to_string();
+                "the host asked for AutoMTLS (PLUGIN_CLIENT_CERT) but TLS cannot be set up; \
+                 refusing to serve plaintext"
+            );
+            return 1;
+        }
+    };
+    if !env.accepts_app_version() {
+        log::warn!(
+            host_versions = env.protocol_versions.join(",");
+            "the host does not list plugin protocol version 1; answering 1 anyway"
+        );
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("attestor-plugin")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            log::error!(error = e.to_string(); "cannot start the async runtime");
+            return 1;
+        }
+    };
+    // `build` may start background tasks (kubelet client, caches): give it the runtime.
+    let _entered = runtime.enter();
+    let attestor = match build() {
+        Ok(a) => a,
+        Err(e) => {
+            log::error!(error = e; "cannot start the attestor");
+            return 1;
+        }
+    };
+    let bound = match handshake::listen(&env) {
+        Ok(b) => b,
+        Err(e) => {
+            log::error!(error = e.to_string(); "cannot listen");
+            return 1;
+        }
+    };
+    match runtime.block_on(serve(attestor, bound, tls)) {
+        Ok(()) => 0,
+        Err(e) => {
+            log::error!(error = e; "plugin server failed");
+            1
+        }
+    }
+}
+
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let text = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        log::error!(panic = text, location = location; "panic");
+    }));
+}
+
+async fn serve<A: Attestor>(
+    attestor: A,
+    bound: Bound,
+    tls: Option<mtls::AutoMtls>,
+) -> Result<(), String> {
+    use proto::config::config_server::ConfigServer;
+    use proto::goplugin::grpc_broker_server::GrpcBrokerServer;
+    use proto::goplugin::grpc_controller_server::GrpcControllerServer;
+    use proto::goplugin::grpc_stdio_server::GrpcStdioServer;
+    use proto::init::init_server::InitServer;
+    use proto::workloadattestor::workload_attestor_server::WorkloadAttestorServer;
+
+    let shutdown = CancellationToken::new();
+    watch_signals(shutdown.clone())?;
+    let shared = services::Shared::new(attestor, shutdown.clone());
+    let svc = services::Services(shared.clone());
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("plugin", tonic_health::ServingStatus::Serving)
+        .await;
+
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(GrpcBrokerServer::new(svc.clone()))
+        .add_service(GrpcControllerServer::new(svc.clone()))
+        .add_service(GrpcStdioServer::new(svc.clone()))
+        .add_service(WorkloadAttestorServer::new(svc.clone()))
+        .add_service(ConfigServer::new(svc.clone()))
+        .add_service(InitServer::new(svc));
+
+    let address = bound.address();
+    let cert = tls
+        .as_ref()
+        .map(|t| t.cert_field().to_string())
+        .unwrap_or_default();
+    let stop = shutdown.clone().cancelled_owned();
+    type ServeFuture = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+    // `_socket` removes the socket file when this function returns.
+    let (server, _socket): (ServeFuture, _) =
+        match bound {
+            Bound::Unix(l, file) => {
+                let l = to_tokio_unix(l).map_err(|e| format!("unix listener: {e}"))?;
+                let incoming = tokio_stream::wrappers::UnixListenerStream::new(l);
+                let fut: ServeFuture = match tls {
+                    None => Box::pin(router.serve_with_incoming_shutdown(incoming, stop)),
+                    Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+                        tls.incoming(incoming, shutdown.clone()),
+                        stop,
+                    )),
+                };
+                (fut, Some(file))
+            }
+            Bound::Tcp(l) => {
+                l.set_nonblocking(true)
+                    .map_err(|e| format!("tcp listener: {e}"))?;
+                let l = tokio::net::TcpListener::from_std(l)
+                    .map_err(|e| format!("tcp listener: {e}"))?;
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+                let fut: ServeFuture = match tls {
+                    None => Box::pin(router.serve_with_incoming_shutdown(incoming, stop)),
+                    Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+                        tls.incoming(incoming, shutdown.clone()),
+                        stop,
+                    )),
+                };
+                (fut, None)
+            }
+        };
+
+    // The handshake line is the first and only thing we write on stdout.
+    let line = handshake::handshake_line(&address, &cert);
+    {
+        let mut out = std::io::stdout().lock();
+        out.write_all(line.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|e| format!("cannot write the handshake line to stdout: {e}"))?;
+    }
+    log::debug!(
+        address = address.to_string(), tls = !cert.is_empty(), version = env!("CARGO_PKG_VERSION");
+        "plugin serving"
+    );
+
+    let forced = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(GRACE).await;
+    };
+    tokio::select! {
+        r = server => r.map_err(|e| format!("gRPC server: {e}"))?,
+        () = forced => log::debug!("in-flight calls did not finish after shutdown; exiting anyway"),
+    }
+    if let Err(s) = shared.deinit_once().await {
+        log::warn!(error = s.to_string(); "deinit at exit failed");
+    }
+    log::debug!("plugin exiting");
+    Ok(())
+}
+
+fn to_tokio_unix(l: std::os::unix::net::UnixListener) -> std::io::Result<tokio::net::UnixListener> {
+    l.set_nonblocking(true)?;
+    tokio::net::UnixListener::from_std(l)
+}
+
+/// SIGTERM stops the server; SIGINT is ignored (a Ctrl-C to the agent's process group must
+/// not kill the plugin before the agent unloads it), as go-plugin's Serve does.
+fn watch_signals(shutdown: CancellationToken) -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => {
+                    log::debug!("SIGTERM: shutting down");
+                    shutdown.cancel();
+                    return;
+                }
+                _ = int.recv() => log::debug!("SIGINT ignored (the agent unloads plugins itself)"),
+            }
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,358 @@
+//! The gRPC services a SPIRE agent calls (spec §1 table and §2), on top of an [`Attestor`].
+//!
+//! go-plugin core: `plugin.GRPCBroker` (kept open, ConnInfo recorded), `plugin.GRPCController`
+//! (Shutdown), `plugin.GRPCStdio` (open, silent). SPIRE: `Init`, `Config`, `WorkloadAttestor`.
+//! Health ("plugin" SERVING) comes from `tonic-health`, wired next to these in `mod.rs`.
+//!
+//! Every call into the attestor runs on its own task, so a panic becomes `Internal` and the
+//! process keeps serving; `Attest` cancels the attestor's token when the agent gives up.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::{Notify, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Streaming};
+
+use super::Attestor;
+use super::metrics::Metrics;
+use super::proto::config::{
+    ConfigureRequest, ConfigureResponse, ValidateRequest, ValidateResponse, config_server,
+};
+use super::proto::goplugin::{
+    ConnInfo, Empty, StdioData, grpc_broker_server, grpc_controller_server, grpc_stdio_server,
+};
+use super::proto::init::{DeinitRequest, DeinitResponse, InitRequest, InitResponse, init_server};
+use super::proto::workloadattestor::{AttestRequest, AttestResponse, workload_attestor_server};
+use crate::status::{Code, Status};
+
+/// Full gRPC names of the services we implement, plugin service first (as the SDK lists them).
+pub const WORKLOAD_ATTESTOR_SERVICE: &str =
+    "spire.plugin.agent.workloadattestor.v1.WorkloadAttestor";
+pub const CONFIG_SERVICE: &str = "spire.service.common.config.v1.Config";
+/// The agent's metrics host service, served behind broker service ID 1.
+pub const METRICS_HOST_SERVICE: &str = "spire.hostservice.common.metrics.v1.Metrics";
+/// go-plugin broker ID of SPIRE's host services.
+pub const HOST_SERVICE_BROKER_ID: u32 = 1;
+
+/// State shared by all services of one plugin server.
+pub struct Shared<A> {
+    pub attestor: Arc<A>,
+    configured: AtomicBool,
+    deinitialized: AtomicBool,
+    /// Serialises Configure calls (SIGUSR1 reloads may overlap).
+    configure_lock: tokio::sync::Mutex<()>,
+    /// Cancelled when the server must stop (Shutdown, SIGTERM).
+    pub shutdown: CancellationToken,
+    /// ConnInfo received on the broker stream, by service ID.
+    broker: Mutex<HashMap<u32, ConnInfo>>,
+    broker_changed: Notify,
+    pub metrics: Metrics,
+}
+
+impl<A: Attestor> Shared<A> {
+    pub fn new(attestor: A, shutdown: CancellationToken) -> Arc<Self> {
+        Arc::new(Shared {
+            attestor: Arc::new(attestor),
+            configured: AtomicBool::new(false),
+            deinitialized: AtomicBool::new(false),
+            configure_lock: tokio::sync::Mutex::new(()),
+            shutdown,
+            broker: Mutex::new(HashMap::new()),
+            broker_changed: Notify::new(),
+            metrics: Metrics::disabled(),
+        })
+    }
+
+    /// Waits until the host has announced `service_id` on the broker stream.
+    pub async fn broker_conn_info(&self, service_id: u32) -> ConnInfo {
+        loop {
+            let notified = self.broker_changed.notified();
+            if let Some(ci) = self
+                .broker
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&service_id).cloned())
+            {
+                return ci;
+            }
+            notified.await;
+        }
+    }
+
+    /// Runs the attestor's deinit once (Deinit RPC, or at exit if the host never sent it).
+    pub async fn deinit_once(&self) -> Result<(), Status> {
+        if self.deinitialized.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.configured.store(false, Ordering::SeqCst);
+        let attestor = self.attestor.clone();
+        blocking("Deinit", move || {
+            attestor.deinit();
+            Ok(())
+        })
+        .await
+    }
+}
+
+pub fn to_tonic(s: Status) -> tonic::Status {
+    let code = match s.code {
+        Code::Canceled => tonic::Code::Cancelled,
+        Code::Unknown => tonic::Code::Unknown,
+        Code::InvalidArgument => tonic::Code::InvalidArgument,
+        Code::DeadlineExceeded => tonic::Code::DeadlineExceeded,
+        Code::NotFound => tonic::Code::NotFound,
+        Code::FailedPrecondition => tonic::Code::FailedPrecondition,
+        Code::Internal => tonic::Code::Internal,
+        Code::Unavailable => tonic::Code::Unavailable,
+        Code::Unauthenticated => tonic::Code::Unauthenticated,
+    };
+    tonic::Status::new(code, s.message)
+}
+
+/// The text of a panic payload (`panic!("…")` gives &str or String).
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_string())
+}
+
+fn join_error(op: &str, e: tokio::task::JoinError) -> Status {
+    if e.is_panic() {
+        let text = panic_text(e.into_panic().as_ref());
+        log::error!(rpc = op, panic = text.as_str(); "plugin handler panicked; answering Internal");
+        Status::new(Code::Internal, format!("{op} panicked: {text}"))
+    } else {
+        Status::new(Code::Internal, format!("{op} was aborted"))
+    }
+}
+
+/// Runs a synchronous attestor call on the blocking pool; a panic becomes `Internal`.
+async fn blocking<T: Send + 'static>(
+    op: &'static str,
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(join_error(op, e)))
+}
+
+/// The services, each a thin adapter over `Shared`.
+pub struct Services<A>(pub Arc<Shared<A>>);
+
+impl<A> Clone for Services<A> {
+    fn clone(&self) -> Self {
+        Services(self.0.clone())
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, tonic::Status>> + Send + 'static>>;
+
+/// A response stream that stays open, sending nothing, until the server shuts down.
+fn silent_until(shutdown: CancellationToken) -> mpsc::Receiver<Result<(), ()>> {
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        drop(tx);
+    });
+    rx
+}
+
+#[tonic::async_trait]
+impl<A: Attestor> grpc_broker_server::GrpcBroker for Services<A> {
+    type StartStreamStream = BoxStream<ConnInfo>;
+
+    async fn start_stream(
+        &self,
+        request: Request<Streaming<ConnInfo>>,
+    ) -> Result<Response<Self::StartStreamStream>, tonic::Status> {
+        let mut incoming = request.into_inner();
+        let shared = self.0.clone();
+        // We never ask the host to dial us (no plugin-side brokered services), so the
+        // outbound half only has to stay open until shutdown.
+        let (tx, rx) = mpsc::channel::<Result<ConnInfo, tonic::Status>>(1);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shared.shutdown.cancelled() => break,
+                    msg = incoming.message() => match msg {
+                        Ok(Some(ci)) => {
+                            log::debug!(
+                                service_id = ci.service_id, network = ci.network.as_str(),
+                                address = ci.address.as_str();
+                                "broker: host announced a service"
+                            );
+                            if let Ok(mut m) = shared.broker.lock() {
+                                m.insert(ci.service_id, ci);
+                            }
+                            shared.broker_changed.notify_waiters();
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            log::debug!(error = e.message(); "broker stream ended");
+                            break;
+                        }
+                    },
+                }
+            }
+            // Keep the response stream open until shutdown even if the host half-closed.
+            shared.shutdown.cancelled().await;
+            drop(tx);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[tonic::async_trait]
+impl<A: Attestor> grpc_controller_server::GrpcController for Services<A> {
+    async fn shutdown(&self, _: Request<Empty>) -> Result<Response<Empty>, tonic::Status> {
+        log::debug!("shutdown requested by the host");
+        // The reply still goes out: graceful shutdown lets in-flight calls finish.
+        self.0.shutdown.cancel();
+        Ok(Response::new(Empty {}))
+    }
+}
+
+#[tonic::async_trait]
+impl<A: Attestor> grpc_stdio_server::GrpcStdio for Services<A> {
+    type StreamStdioStream = BoxStream<StdioData>;
+
+    async fn stream_stdio(
+        &self,
+        _: Request<()>,
+    ) -> Result<Response<Self::StreamStdioStream>, tonic::Status> {
+        // We do not redirect stdout/stderr: logs go straight to stderr as hclog JSON.
+        let rx = silent_until(self.0.shutdown.clone());
+        let stream = tokio_stream::StreamExt::filter_map(ReceiverStream::new(rx), |_| None);
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[tonic::async_trait]
+impl<A: Attestor> init_server::Init for Services<A> {
+    async fn init(
+        &self,
+        request: Request<InitRequest>,
+    ) -> Result<Response<InitResponse>, tonic::Status> {
+        let host = request.into_inner().host_service_names;
+        log::debug!(host_services = host.join(",").as_str(); "init");
+        if host.iter().any(|s| s == METRICS_HOST_SERVICE) {
+            self.0.metrics.connect_via_broker(self.0.clone());
+        }
+        Ok(Response::new(InitResponse {
+            plugin_service_names: vec![
+                WORKLOAD_ATTESTOR_SERVICE.to_string(),
+                CONFIG_SERVICE.to_string(),
+            ],
+        }))
+    }
+
+    async fn deinit(
+        &self,
+        _: Request<DeinitRequest>,
+    ) -> Result<Response<DeinitResponse>, tonic::Status> {
+        log::debug!("deinit");
+        self.0.deinit_once().await.map_err(to_tonic)?;
+        Ok(Response::new(DeinitResponse {}))
+    }
+}
+
+#[tonic::async_trait]
+impl<A: Attestor> config_server::Config for Services<A> {
+    async fn configure(
+        &self,
+        request: Request<ConfigureRequest>,
+    ) -> Result<Response<ConfigureResponse>, tonic::Status> {
+        let req = request.into_inner();
+        let trust_domain = req
+            .core_configuration
+            .map(|c| c.trust_domain)
+            .unwrap_or_default();
+        let _serial = self.0.configure_lock.lock().await;
+        let attestor = self.0.attestor.clone();
+        let hcl = req.hcl_configuration;
+        let len = hcl.len();
+        // Never log the text: plugin_data may carry credentials.
+        match blocking("Configure", move || attestor.configure(&hcl)).await {
+            Ok(()) => {
+                self.0.configured.store(true, Ordering::SeqCst);
+                log::info!(trust_domain = trust_domain.as_str(), plugin_data_bytes = len; "configured");
+                Ok(Response::new(ConfigureResponse {}))
+            }
+            Err(s) => {
+                log::warn!(code = s.code.name(), error = s.message.as_str(); "configure rejected");
+                Err(to_tonic(s))
+            }
+        }
+    }
+
+    async fn validate(
+        &self,
+        request: Request<ValidateRequest>,
+    ) -> Result<Response<ValidateResponse>, tonic::Status> {
+        let hcl = request.into_inner().hcl_configuration;
+        let attestor = self.0.attestor.clone();
+        match blocking("Validate", move || attestor.validate(&hcl)).await {
+            Ok(notes) => Ok(Response::new(ValidateResponse { valid: true, notes })),
+            Err(s) if s.code == Code::InvalidArgument => Ok(Response::new(ValidateResponse {
+                valid: false,
+                notes: vec![s.message],
+            })),
+            Err(s) => Err(to_tonic(s)),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl<A: Attestor> workload_attestor_server::WorkloadAttestor for Services<A> {
+    async fn attest(
+        &self,
+        request: Request<AttestRequest>,
+    ) -> Result<Response<AttestResponse>, tonic::Status> {
+        let pid = request.into_inner().pid;
+        if !self.0.configured.load(Ordering::SeqCst) {
+            return Err(tonic::Status::failed_precondition("not configured"));
+        }
+        let started = Instant::now();
+        let cancel = CancellationToken::new();
+        // If the agent cancels the RPC, tonic drops this future: the guard then cancels the
+        // token and the attestor's task winds down on its own.
+        let guard = cancel.clone().drop_guard();
+        let attestor = self.0.attestor.clone();
+        let task = tokio::spawn(async move {
+            let result = attestor.attest(pid, cancel.clone()).await;
+            if cancel.is_cancelled() {
+                log::debug!(
+                    pid = pid, elapsed_us = started.elapsed().as_micros() as u64;
+                    "attest cancelled by the caller"
+                );
+            }
+            result
+        });
+        let result = task.await.unwrap_or_else(|e| Err(join_error("Attest", e)));
+        guard.disarm();
+        self.0.metrics.attest_done(&result, started);
+        match result {
+            Ok(selector_values) => {
+                // Trace: one line per attestation is too much for the agent's debug level.
+                log::trace!(
+                    pid = pid, selectors = selector_values.len() as u64,
+                    elapsed_us = started.elapsed().as_micros() as u64;
+                    "attested"
+                );
+                Ok(Response::new(AttestResponse { selector_values }))
+            }
+            Err(s) => {
+                log::debug!(pid = pid, code = s.code.name(), error = s.message.as_str(); "attest failed");
+                Err(to_tonic(s))
+            }
+        }
+    }
+}

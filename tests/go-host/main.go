@@ -1,0 +1,554 @@
+// Command attestor-go-host loads the attestor plugin with HashiCorp's real go-plugin client
+// (Debian bookworm: go-plugin 1.0.1, grpc 1.33, golang/protobuf 1.3, hclog 0.11) configured
+// the way the SPIRE agent configures it (pkg/common/catalog/external.go):
+// cookie WorkloadAttestor=WorkloadAttestor, gRPC only, no AutoMTLS, SHA-256 checksum,
+// broker.Accept(1) with the metrics host service during dispense, then Init → Configure →
+// Attest … → Deinit → Kill.
+//
+// It is driven by the Rust integration test (tests/tests/plugin.rs): one JSON command per
+// stdin line, one JSON result per stdout line. Host logs (hclog JSON, including the plugin's
+// relayed stderr) go to stderr and are kept so that `wait_log` and `kill` can inspect them.
+//
+// Build (GOPATH mode, Debian's packages): see tests/tests/plugin.rs `build_go_host`.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/golang/protobuf/proto"
+	"github.com/golang/protobuf/ptypes/empty"
+	hclog "github.com/hashicorp/go-hclog"
+	plugin "github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+)
+
+const (
+	pluginType         = "WorkloadAttestor"
+	hostServiceID      = 1
+	metricsServiceName = "spire.hostservice.common.metrics.v1.Metrics"
+	initPath           = "/spire.service.private.init.v1.Init/"
+	configPath         = "/spire.service.common.config.v1.Config/"
+	attestPath         = "/spire.plugin.agent.workloadattestor.v1.WorkloadAttestor/Attest"
+)
+
+type command struct {
+	Op        string `json:"op"`
+	Hcl       string `json:"hcl"`
+	Pid       int32  `json:"pid"`
+	TimeoutMs int    `json:"timeout_ms"`
+	Message   string `json:"message"`
+	Field     string `json:"field"`
+	Value     string `json:"value"`
+	Checksum  string `json:"checksum"`
+	N         int    `json:"n"`
+	AutoMTLS  bool   `json:"automtls"`
+	// NoMetrics: Init without the metrics host service name (the plugin then sends none).
+	NoMetrics bool `json:"no_metrics"`
+	// ID names a call started with attest_async, for await.
+	ID   string `json:"id"`
+	Mode string `json:"mode"`
+}
+
+type result map[string]interface{}
+
+// ---- log capture ----
+
+type logCapture struct {
+	mu      sync.Mutex
+	cond    *sync.Cond
+	entries []map[string]interface{}
+	raw     []string
+	partial []byte
+}
+
+func newLogCapture() *logCapture {
+	c := &logCapture{}
+	c.cond = sync.NewCond(&c.mu)
+	return c
+}
+
+func (c *logCapture) Write(p []byte) (int, error) {
+	os.Stderr.Write(p)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.partial = append(c.partial, p...)
+	for {
+		i := bytes.IndexByte(c.partial, '\n')
+		if i < 0 {
+			break
+		}
+		var m map[string]interface{}
+		if json.Unmarshal(c.partial[:i], &m) == nil {
+			c.entries = append(c.entries, m)
+		}
+		c.raw = append(c.raw, string(c.partial[:i]))
+		c.partial = c.partial[i+1:]
+	}
+	c.cond.Broadcast()
+	return len(p), nil
+}
+
+func (c *logCapture) mark() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.entries)
+}
+
+// find returns the first entry at index >= since with @message == msg (and field == value).
+func (c *logCapture) find(since int, msg, field, value string, timeout time.Duration) map[string]interface{} {
+	deadline := time.Now().Add(timeout)
+	timer := time.AfterFunc(timeout, func() {
+		c.mu.Lock()
+		c.cond.Broadcast()
+		c.mu.Unlock()
+	})
+	defer timer.Stop()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for {
+		for _, e := range c.entries[since:] {
+			if e["@message"] != msg {
+				continue
+			}
+			if field != "" && fmt.Sprint(e[field]) != value {
+				continue
+			}
+			return e
+		}
+		if time.Now().After(deadline) {
+			return nil
+		}
+		c.cond.Wait()
+	}
+}
+
+// ---- the agent's metrics host service (behind broker ID 1) ----
+
+type metricsRecorder struct {
+	mu    sync.Mutex
+	calls []result
+}
+
+func (m *metricsRecorder) record(method string, req proto.Message) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := result{"method": method}
+	switch v := req.(type) {
+	case *IncrCounterRequest:
+		r["key"], r["val"], r["labels"] = v.Key, v.Val, labels(v.Labels)
+	case *MeasureSinceRequest:
+		r["key"], r["time_set"], r["labels"] = v.Key, v.Time > 0, labels(v.Labels)
+	}
+	m.calls = append(m.calls, r)
+}
+
+func labels(ls []*Label) map[string]string {
+	out := map[string]string{}
+	for _, l := range ls {
+		out[l.Name] = l.Value
+	}
+	return out
+}
+
+func metricsMethod(name string, newReq func() proto.Message) grpc.MethodDesc {
+	return grpc.MethodDesc{
+		MethodName: name,
+		Handler: func(srv interface{}, ctx context.Context, dec func(interface{}) error, _ grpc.UnaryServerInterceptor) (interface{}, error) {
+			req := newReq()
+			if err := dec(req); err != nil {
+				return nil, err
+			}
+			srv.(*metricsRecorder).record(name, req)
+			return &empty.Empty{}, nil
+		},
+	}
+}
+
+var metricsDesc = grpc.ServiceDesc{
+	ServiceName: metricsServiceName,
+	HandlerType: (*interface{})(nil),
+	Methods: []grpc.MethodDesc{
+		metricsMethod("IncrCounter", func() proto.Message { return &IncrCounterRequest{} }),
+		metricsMethod("MeasureSince", func() proto.Message { return &MeasureSinceRequest{} }),
+	},
+}
+
+// ---- the plugin, as SPIRE's catalog dispenses it ----
+
+type attestorPlugin struct {
+	plugin.NetRPCUnsupportedPlugin
+	metrics *metricsRecorder
+}
+
+func (p *attestorPlugin) GRPCServer(*plugin.GRPCBroker, *grpc.Server) error {
+	return errors.New("host side only")
+}
+
+func (p *attestorPlugin) GRPCClient(ctx context.Context, broker *plugin.GRPCBroker, conn *grpc.ClientConn) (interface{}, error) {
+	// SPIRE: broker.Accept(HostServiceProviderID) while dispensing; host services on it.
+	lis, err := broker.Accept(hostServiceID)
+	if err != nil {
+		return nil, err
+	}
+	srv := grpc.NewServer()
+	srv.RegisterService(&metricsDesc, p.metrics)
+	go srv.Serve(lis)
+	go func() {
+		<-ctx.Done()
+		srv.Stop()
+	}()
+	return conn, nil
+}
+
+// ---- host ----
+
+type host struct {
+	pending map[string]chan result
+	rpc     plugin.ClientProtocol
+	path    string
+	logs    *logCapture
+	logger  hclog.Logger
+	client  *plugin.Client
+	conn    *grpc.ClientConn
+	since   int
+	metrics *metricsRecorder
+}
+
+func (h *host) load(cmd command) result {
+	if h.client != nil {
+		return result{"ok": false, "error": "already loaded"}
+	}
+	sum := cmd.Checksum
+	if sum == "" {
+		data, err := os.ReadFile(h.path)
+		if err != nil {
+			return result{"ok": false, "error": err.Error()}
+		}
+		s := sha256.Sum256(data)
+		sum = hex.EncodeToString(s[:])
+	}
+	checksum, err := hex.DecodeString(sum)
+	if err != nil {
+		return result{"ok": false, "error": "checksum is not a valid hex string"}
+	}
+	h.since = h.logs.mark()
+	h.metrics = &metricsRecorder{}
+	started := time.Now()
+	client := plugin.NewClient(&plugin.ClientConfig{
+		HandshakeConfig: plugin.HandshakeConfig{
+			ProtocolVersion:  1,
+			MagicCookieKey:   pluginType,
+			MagicCookieValue: pluginType,
+		},
+		Plugins:          map[string]plugin.Plugin{pluginType: &attestorPlugin{metrics: h.metrics}},
+		Cmd:              exec.Command(h.path),
+		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
+		SecureConfig:     &plugin.SecureConfig{Checksum: checksum, Hash: sha256.New()},
+		Logger:           h.logger,
+		Stderr:           io.Discard,
+		// SPIRE: false. true exercises the plugin's AutoMTLS support.
+		AutoMTLS: cmd.AutoMTLS,
+	})
+	rpc, err := client.Client()
+	connected := time.Since(started)
+	if err != nil {
+		client.Kill()
+		return result{"ok": false, "error": err.Error()}
+	}
+	raw, err := rpc.Dispense(pluginType)
+	if err != nil {
+		client.Kill()
+		return result{"ok": false, "error": err.Error()}
+	}
+	h.client, h.conn, h.rpc = client, raw.(*grpc.ClientConn), rpc
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp := &InitResponse{}
+	hostServices := []string{metricsServiceName}
+	if cmd.NoMetrics {
+		hostServices = nil
+	}
+	err = h.conn.Invoke(ctx, initPath+"Init", &InitRequest{HostServiceNames: hostServices}, resp)
+	if err != nil {
+		return result{"ok": false, "error": "Init: " + err.Error()}
+	}
+	return result{
+		"ok":              true,
+		"plugin_services": resp.PluginServiceNames,
+		"connect_us":      connected.Microseconds(),
+		"load_us":         time.Since(started).Microseconds(),
+		"negotiated":      client.NegotiatedVersion(),
+	}
+}
+
+func code(err error) result {
+	if err == nil {
+		return result{"code": "OK", "message": ""}
+	}
+	s := status.Convert(err)
+	return result{"code": s.Code().String(), "message": s.Message()}
+}
+
+func (h *host) ctx(timeoutMs int) (context.Context, context.CancelFunc) {
+	if timeoutMs <= 0 {
+		timeoutMs = 30000
+	}
+	return context.WithTimeout(context.Background(), time.Duration(timeoutMs)*time.Millisecond)
+}
+
+func (h *host) attest(conn *grpc.ClientConn, cmd command) result {
+	ctx, cancel := h.ctx(cmd.TimeoutMs)
+	defer cancel()
+	resp := &AttestResponse{}
+	r := code(conn.Invoke(ctx, attestPath, &AttestRequest{Pid: cmd.Pid}, resp))
+	sel := resp.SelectorValues
+	if sel == nil {
+		sel = []string{}
+	}
+	r["selectors"] = sel
+	return r
+}
+
+func (h *host) do(cmd command) result {
+	if cmd.Op != "load" && cmd.Op != "wait_log" && cmd.Op != "await" && cmd.Op != "count_logs" && h.client == nil {
+		return result{"code": "HostError", "message": "not loaded"}
+	}
+	switch cmd.Op {
+	case "load":
+		return h.load(cmd)
+	case "configure":
+		ctx, cancel := h.ctx(cmd.TimeoutMs)
+		defer cancel()
+		req := &ConfigureRequest{CoreConfiguration: &CoreConfiguration{TrustDomain: "example.org"}, HclConfiguration: cmd.Hcl}
+		return code(h.conn.Invoke(ctx, configPath+"Configure", req, &ConfigureResponse{}))
+	case "validate":
+		ctx, cancel := h.ctx(cmd.TimeoutMs)
+		defer cancel()
+		req := &ConfigureRequest{CoreConfiguration: &CoreConfiguration{TrustDomain: "example.org"}, HclConfiguration: cmd.Hcl}
+		resp := &ValidateResponse{}
+		r := code(h.conn.Invoke(ctx, configPath+"Validate", req, resp))
+		r["valid"], r["notes"] = resp.Valid, resp.Notes
+		return r
+	case "attest":
+		return h.attest(h.conn, cmd)
+	case "attest_async":
+		// Concurrent calls, as the agent makes them for concurrent Workload API clients.
+		ch := make(chan result, 1)
+		h.pending[cmd.ID] = ch
+		conn := h.conn
+		go func() { ch <- h.attest(conn, cmd) }()
+		return result{"started": cmd.ID}
+	case "await":
+		ch, ok := h.pending[cmd.ID]
+		if !ok {
+			return result{"code": "HostError", "message": "no call " + cmd.ID}
+		}
+		delete(h.pending, cmd.ID)
+		return <-ch
+	case "bench":
+		return h.bench(cmd)
+	case "deinit":
+		ctx, cancel := h.ctx(10000)
+		defer cancel()
+		return code(h.conn.Invoke(ctx, initPath+"Deinit", &DeinitRequest{}, &DeinitResponse{}))
+	case "metrics":
+		deadline := time.Now().Add(time.Duration(cmd.TimeoutMs) * time.Millisecond)
+		for {
+			h.metrics.mu.Lock()
+			calls := append([]result{}, h.metrics.calls...)
+			h.metrics.mu.Unlock()
+			if len(calls) >= cmd.N || time.Now().After(deadline) {
+				return result{"calls": calls}
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	case "count_logs":
+		// Log lines (host and relayed plugin lines) containing Value, since the process began.
+		h.logs.mu.Lock()
+		n := 0
+		for _, l := range h.logs.raw {
+			if strings.Contains(l, cmd.Value) {
+				n++
+			}
+		}
+		h.logs.mu.Unlock()
+		return result{"count": n}
+	case "wait_log":
+		e := h.logs.find(h.since, cmd.Message, cmd.Field, cmd.Value, time.Duration(cmd.TimeoutMs)*time.Millisecond)
+		return result{"found": e != nil, "entry": e}
+	case "kill":
+		return h.kill()
+	case "ping":
+		// go-plugin's health check: grpc.health.v1.Health/Check for service "plugin".
+		return code(h.rpc.Ping())
+	case "probe":
+		return h.probe(cmd.Mode)
+	}
+	return result{"code": "HostError", "message": "unknown op " + cmd.Op}
+}
+
+// bench times n sequential calls after 100 warm-up calls: Attest(pid), or with
+// mode "health" grpc.health.v1.Health/Check (the same connection, no attestor work: the
+// transport's share of an Attest).
+func (h *host) bench(cmd command) result {
+	ctx, cancel := h.ctx(600000)
+	defer cancel()
+	call := func() error {
+		return h.conn.Invoke(ctx, attestPath, &AttestRequest{Pid: cmd.Pid}, &AttestResponse{})
+	}
+	if cmd.Mode == "health" {
+		health := grpc_health_v1.NewHealthClient(h.conn)
+		call = func() error {
+			_, err := health.Check(ctx, &grpc_health_v1.HealthCheckRequest{Service: "plugin"})
+			return err
+		}
+	}
+	for i := 0; i < 100; i++ {
+		if err := call(); err != nil {
+			return code(err)
+		}
+	}
+	d := make([]time.Duration, cmd.N)
+	for i := range d {
+		t := time.Now()
+		if err := call(); err != nil {
+			return code(err)
+		}
+		d[i] = time.Since(t)
+	}
+	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+	pct := func(p float64) int64 { return d[int(p*float64(len(d)-1))].Microseconds() }
+	return result{"code": "OK", "n": len(d), "p50_us": pct(0.50), "p99_us": pct(0.99), "max_us": d[len(d)-1].Microseconds()}
+}
+
+// kill unloads as go-plugin's Kill does (Shutdown, 2 s grace, then SIGKILL) and reports
+// whether the plugin exited on its own and with which status.
+func (h *host) kill() result {
+	since := h.since
+	h.client.Kill()
+	exited := h.logs.find(since, "plugin process exited", "", "", 5*time.Second)
+	forced := h.logs.find(since, "plugin failed to exit gracefully", "", "", 0)
+	h.client, h.conn = nil, nil
+	r := result{"graceful": forced == nil, "exited_logged": exited != nil, "exit_error": ""}
+	if exited != nil {
+		if e, ok := exited["error"]; ok {
+			r["exit_error"] = fmt.Sprint(e)
+		}
+	}
+	return r
+}
+
+// probe dials the plugin's address on a new connection that is not the host's: plaintext,
+// or TLS with a certificate the plugin was not given. With AutoMTLS both must fail.
+func (h *host) probe(mode string) result {
+	addr := h.client.ReattachConfig().Addr
+	opts := []grpc.DialOption{
+		grpc.WithBlock(),
+		grpc.WithDialer(func(_ string, t time.Duration) (net.Conn, error) {
+			return net.DialTimeout(addr.Network(), addr.String(), t)
+		}),
+	}
+	switch mode {
+	case "plaintext":
+		opts = append(opts, grpc.WithInsecure())
+	case "other_cert":
+		cert, err := selfSigned()
+		if err != nil {
+			return result{"code": "HostError", "message": err.Error()}
+		}
+		opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+			Certificates:       []tls.Certificate{cert},
+			InsecureSkipVerify: true,
+		})))
+	default:
+		return result{"code": "HostError", "message": "unknown probe mode " + mode}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	conn, err := grpc.DialContext(ctx, "unused", opts...)
+	if err != nil {
+		return result{"code": "DialFailed", "message": err.Error()}
+	}
+	defer conn.Close()
+	_, err = grpc_health_v1.NewHealthClient(conn).Check(ctx, &grpc_health_v1.HealthCheckRequest{Service: "plugin"})
+	return code(err)
+}
+
+func selfSigned() (tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "localhost"},
+		DNSNames:     []string{"localhost"},
+		NotBefore:    time.Now().Add(-time.Minute),
+		NotAfter:     time.Now().Add(time.Hour),
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+}
+
+func main() {
+	path := flag.String("plugin", "", "path of the plugin binary")
+	flag.Parse()
+	if *path == "" {
+		fmt.Fprintln(os.Stderr, "usage: attestor-go-host -plugin <path>  (JSON commands on stdin)")
+		os.Exit(2)
+	}
+	logs := newLogCapture()
+	h := &host{
+		pending: map[string]chan result{},
+		path:    *path,
+		logs:    logs,
+		logger: hclog.New(&hclog.LoggerOptions{
+			Name: "agent", Level: hclog.Trace, JSONFormat: true, Output: logs,
+		}),
+	}
+	in := bufio.NewScanner(os.Stdin)
+	in.Buffer(make([]byte, 0, 1<<16), 1<<22)
+	out := json.NewEncoder(os.Stdout)
+	for in.Scan() {
+		var cmd command
+		if err := json.Unmarshal(in.Bytes(), &cmd); err != nil {
+			out.Encode(result{"code": "HostError", "message": err.Error()})
+			continue
+		}
+		out.Encode(h.do(cmd))
+	}
+	if h.client != nil {
+		h.client.Kill()
+	}
+}

@@ -1,0 +1,900 @@
+//! The SPIRE plugin surface, loaded by HashiCorp's real go-plugin client.
+//!
+//! `tests/go-host` (Go, built here into `target/tmp/go-host` against Debian's go-plugin 1.0.1)
+//! loads `attestor-test-plugin` exactly as the SPIRE agent loads `plugin_cmd`: magic cookie,
+//! gRPC only, no AutoMTLS, SHA-256 checksum, `broker.Accept(1)` with the metrics host
+//! service, then Init → Configure → Attest → Deinit → Kill. The plugin runs the real plugin
+//! server with the test attestor (real eBPF tracker, selectors from the cgroup path), and the
+//! processes attested are real, in kubelet-style cgroups.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use attestor::sandbox::{Layout, Sandbox};
+use attestor::tracker::spawn_into_cgroup;
+use attestor_tests::{cgroup_id, comm, kill_and_reap, require_root, wait_for};
+use serde_json::{Value, json};
+
+const PLUGIN: &str = env!("CARGO_BIN_EXE_attestor-test-plugin");
+const POD_A: &str = "6f1c2d3e-4a5b-4c6d-8e7f-a0b1c2d3e4f5";
+const POD_B: &str = "7a8b9c0d-1e2f-4a3b-9c4d-5e6f7a8b9c0d";
+const CID_A: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+const CID_B: &str = "b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90a1";
+const CID_HOLD: &str = "c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2";
+const CID_PANIC: &str = "d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3";
+
+const SERVICES: [&str; 2] = [
+    "spire.plugin.agent.workloadattestor.v1.WorkloadAttestor",
+    "spire.service.common.config.v1.Config",
+];
+
+/// Builds the Go host once per test binary (GOPATH mode against /usr/share/gocode).
+fn go_host() -> &'static Path {
+    static HOST: OnceLock<PathBuf> = OnceLock::new();
+    HOST.get_or_init(|| {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("go-host");
+        let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-host");
+        let bin = work.join("attestor-go-host");
+        let status = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&bin)
+            .arg(".")
+            .current_dir(&src)
+            .env("GO111MODULE", "off")
+            .env(
+                "GOPATH",
+                format!("{}:/usr/share/gocode", work.join("gopath").display()),
+            )
+            .env("GOCACHE", work.join("cache"))
+            .env("GOFLAGS", "")
+            .status()
+            .unwrap_or_else(|e| {
+                panic!("cannot run `go` ({e}): run `cargo xtask setup` (installs golang-go and go-plugin)")
+            });
+        assert!(status.success(), "go build of tests/go-host failed");
+        bin
+    })
+}
+
+/// A running Go host: one JSON command in, one JSON result out. Its log (hclog JSON: the
+/// host's and the plugin's relayed stderr) goes to a file, printed if the test fails.
+struct Host {
+    child: Child,
+    /// `None` once closed (the host then unloads its plugin and exits).
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    log: PathBuf,
+}
+
+impl Host {
+    fn start() -> Host {
+        Host::start_in(Command::new(go_host()))
+    }
+
+    /// The Go host (and so the plugin it starts) with only these capabilities (as root):
+    /// what deploy/spire-agent-daemonset.yaml grants the agent container.
+    fn start_with_caps(caps: &str) -> Host {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--inh-caps=-all", "--ambient-caps=-all"])
+            .arg(format!("--bounding-set=-all{caps}"))
+            .arg(go_host());
+        Host::start_in(cmd)
+    }
+
+    fn start_in(mut cmd: Command) -> Host {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-host/logs");
+        std::fs::create_dir_all(&dir).expect("log dir");
+        let log = dir.join(format!(
+            "host-{}-{}.log",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let file = std::fs::File::create(&log).expect("host log file");
+        let mut child = cmd
+            .arg("-plugin")
+            .arg(PLUGIN)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(file)
+            .spawn()
+            .expect("start the Go host");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        Host {
+            child,
+            stdin: Some(stdin),
+            stdout,
+            log,
+        }
+    }
+
+    fn call(&mut self, cmd: Value) -> Value {
+        let stdin = self.stdin.as_mut().expect("host stdin open");
+        writeln!(stdin, "{cmd}").expect("write to the Go host");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read the Go host");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{cmd}: bad reply {line:?}: {e}"))
+    }
+
+    fn load(&mut self) -> Value {
+        let r = self.call(json!({"op": "load"}));
+        assert_eq!(r["ok"], true, "load: {r}");
+        assert_eq!(r["plugin_services"], json!(SERVICES), "Init answer");
+        assert_eq!(r["negotiated"], 1);
+        r
+    }
+
+    fn configure(&mut self, hcl: &str) -> (String, String) {
+        code(&self.call(json!({"op": "configure", "hcl": hcl})))
+    }
+
+    fn attest(&mut self, pid: i32) -> Value {
+        self.call(json!({"op": "attest", "pid": pid}))
+    }
+
+    fn attest_ok(&mut self, pid: i32) -> Vec<String> {
+        let r = self.attest(pid);
+        assert_eq!(code(&r), ("OK".into(), String::new()), "attest {pid}: {r}");
+        serde_json::from_value(r["selectors"].clone()).expect("selectors")
+    }
+
+    fn wait_log(&mut self, message: &str, field: &str, value: &str) -> Value {
+        let r = self.call(json!({
+            "op": "wait_log", "message": message, "field": field, "value": value,
+            "timeout_ms": 10_000
+        }));
+        assert_eq!(
+            r["found"], true,
+            "log {message:?} {field}={value} not seen: {r}"
+        );
+        r["entry"].clone()
+    }
+
+    /// Deinit + Kill; asserts the plugin exited by itself with status 0 (no SIGKILL).
+    fn unload(&mut self) {
+        let r = self.call(json!({"op": "deinit"}));
+        assert_eq!(code(&r), ("OK".into(), String::new()), "deinit: {r}");
+        let r = self.call(json!({"op": "kill"}));
+        assert_eq!(
+            r,
+            json!({"graceful": true, "exited_logged": true, "exit_error": ""}),
+            "the plugin must exit on Shutdown, with status 0, before go-plugin's 2 s SIGKILL"
+        );
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        // Closing stdin makes the host Kill() a still-loaded plugin and exit, so a failed
+        // test leaves no orphaned plugin behind; SIGKILL only if it does not.
+        self.stdin = None;
+        if wait_for(Duration::from_secs(5), || {
+            self.child.try_wait().ok().flatten()
+        })
+        .is_none()
+        {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("--- Go host log ({}), last 200 lines:", self.log.display());
+            for l in &lines[lines.len().saturating_sub(200)..] {
+                eprintln!("{l}");
+            }
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
+fn code(r: &Value) -> (String, String) {
+    (
+        r["code"].as_str().unwrap_or("?").to_string(),
+        r["message"].as_str().unwrap_or("?").to_string(),
+    )
+}
+
+fn sleeper(dir: &Path) -> i32 {
+    let pid = spawn_into_cgroup(dir, Some(&["/bin/sleep", "120"]), None).expect("clone3");
+    wait_for(Duration::from_secs(5), || {
+        (comm(pid).as_deref() == Some("sleep")).then_some(())
+    })
+    .expect("child exec'd sleep");
+    pid
+}
+
+fn expected(sandbox: &Sandbox, dir: &Path) -> Vec<String> {
+    vec![
+        format!("cgroup-path:{}", sandbox.hierarchy_path(dir)),
+        format!("cgroup-id:{}", cgroup_id(dir)),
+    ]
+}
+
+fn sandbox(tag: &str) -> Sandbox {
+    let cgfs = attestor::cgroupfs::CgroupFs::discover().expect("cgroup2 mount");
+    Sandbox::new(&cgfs, tag).expect("sandbox")
+}
+
+#[test]
+fn loads_twenty_times_in_a_row_and_exits_cleanly_each_time() {
+    if !require_root() {
+        return;
+    }
+    let sb = sandbox("plugin-load");
+    let dir = sb
+        .container(Layout::SystemdContainerd, POD_A, CID_A)
+        .expect("cgroup");
+    let pid = sleeper(&dir);
+    let mut host = Host::start();
+    for round in 0..20 {
+        host.load();
+        assert_eq!(
+            host.configure(""),
+            ("OK".into(), String::new()),
+            "round {round}"
+        );
+        assert_eq!(host.attest_ok(pid), expected(&sb, &dir), "round {round}");
+        // Deinit reached the attestor (the tracker was released) …
+        host.call(json!({"op": "deinit"}));
+        let e = host.wait_log("test attestor: tracker released", "released", "true");
+        assert_eq!(e["@level"], "info");
+        // … and Kill found the process gone by itself.
+        let r = host.call(json!({"op": "kill"}));
+        assert_eq!(
+            r,
+            json!({"graceful": true, "exited_logged": true, "exit_error": ""}),
+            "round {round}"
+        );
+    }
+    kill_and_reap(pid);
+}
+
+#[test]
+fn attests_real_processes_in_kubelet_style_cgroups() {
+    if !require_root() {
+        return;
+    }
+    let sb = sandbox("plugin-attest");
+    let systemd = sb
+        .container(Layout::SystemdContainerd, POD_A, CID_A)
+        .expect("cgroup");
+    let cgroupfs = sb
+        .container(Layout::Cgroupfs, POD_B, CID_B)
+        .expect("cgroup");
+    let a = sleeper(&systemd);
+    let b = sleeper(&cgroupfs);
+    let mut host = Host::start();
+    host.load();
+    assert_eq!(host.configure(""), ("OK".into(), String::new()));
+    assert_eq!(host.attest_ok(a), expected(&sb, &systemd));
+    assert_eq!(host.attest_ok(b), expected(&sb, &cgroupfs));
+    assert_eq!(
+        host.attest_ok(a)[0],
+        format!(
+            "cgroup-path:{}/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod6f1c2d3e_4a5b_4c6d_8e7f_a0b1c2d3e4f5.slice/cri-containerd-{CID_A}.scope",
+            sb.hierarchy_path(sb.root())
+        )
+    );
+    // A process that moved is answered with its new cgroup.
+    Sandbox::move_process(&cgroupfs, a).expect("move");
+    assert_eq!(host.attest_ok(a), expected(&sb, &cgroupfs));
+    // Errors from the attestor keep their codes through gRPC.
+    kill_and_reap(b);
+    assert_eq!(
+        code(&host.attest(b)),
+        ("NotFound".into(), format!("no process with pid {b}"))
+    );
+    assert_eq!(
+        code(&host.attest(0)),
+        (
+            "InvalidArgument".into(),
+            "pid 0 is not a process (the caller is not visible in this PID namespace; run with hostPID)"
+                .into()
+        )
+    );
+    host.unload();
+    kill_and_reap(a);
+}
+
+#[test]
+fn configure_errors_and_attest_before_configure() {
+    if !require_root() {
+        return;
+    }
+    let mut host = Host::start();
+    host.load();
+    let me = std::process::id() as i32;
+    assert_eq!(
+        code(&host.attest(me)),
+        ("FailedPrecondition".into(), "not configured".into())
+    );
+    assert_eq!(
+        host.configure("this is not a map"),
+        (
+            "InvalidArgument".into(),
+            "plugin_data must be a map of `key = value` lines: line 1: \"this is not a map\""
+                .into()
+        )
+    );
+    assert_eq!(
+        host.configure("node_name = \"n1\"\n\n\"kubelet_secure_port\" = 10250"),
+        (
+            "InvalidArgument".into(),
+            "unknown configurations detected: kubelet_secure_port,node_name".into()
+        )
+    );
+    // A failed Configure leaves the plugin unconfigured.
+    assert_eq!(
+        code(&host.attest(me)),
+        ("FailedPrecondition".into(), "not configured".into())
+    );
+    // A panic in Configure is Internal; the plugin lives on.
+    assert_eq!(
+        host.configure("panic_on_configure = true"),
+        (
+            "Internal".into(),
+            "Configure panicked: test attestor: panic_on_configure is set".into()
+        )
+    );
+    let r = host.call(json!({"op": "validate", "hcl": "bogus = 1"}));
+    assert_eq!(r["code"], "OK");
+    assert_eq!(r["valid"], false);
+    assert_eq!(
+        r["notes"],
+        json!(["unknown configurations detected: bogus"])
+    );
+    let r = host.call(json!({"op": "validate", "hcl": "hold_cgroup_suffix = \"x\""}));
+    assert_eq!(
+        (r["code"].clone(), r["valid"].clone()),
+        (json!("OK"), json!(true))
+    );
+    assert_eq!(host.configure(""), ("OK".into(), String::new()));
+    let r = host.attest(me);
+    assert_eq!(r["code"], "OK", "{r}");
+    // plugin_data may carry credentials: its text never reaches the logs, valid or not.
+    let secret = "s3cr3t-Zq8";
+    assert_eq!(
+        host.configure(&format!("hold_cgroup_suffix = \"{secret}\"")),
+        ("OK".into(), String::new())
+    );
+    assert_eq!(
+        host.configure(&format!("password = \"{secret}\"")).0,
+        "InvalidArgument"
+    );
+    host.wait_log("configured", "plugin_data_bytes", "33");
+    host.unload();
+    let r = host.call(json!({"op": "count_logs", "value": secret}));
+    assert_eq!(r["count"], 0, "plugin_data text leaked into the logs");
+    // The two successful Configure calls are logged (with the length only).
+    let r = host.call(json!({"op": "count_logs", "value": "\"@message\":\"configured\""}));
+    assert_eq!(r["count"], 2);
+}
+
+#[test]
+fn handler_panic_is_internal_and_the_plugin_keeps_serving() {
+    if !require_root() {
+        return;
+    }
+    let sb = sandbox("plugin-panic");
+    let bad = sb
+        .container(Layout::SystemdContainerd, POD_A, CID_PANIC)
+        .expect("cgroup");
+    let good = sb
+        .container(Layout::SystemdContainerd, POD_A, CID_A)
+        .expect("cgroup");
+    let (p_bad, p_good) = (sleeper(&bad), sleeper(&good));
+    let mut host = Host::start();
+    host.load();
+    let hcl = format!("panic_cgroup_suffix = \"cri-containerd-{CID_PANIC}.scope\"");
+    assert_eq!(host.configure(&hcl), ("OK".into(), String::new()));
+    for _ in 0..3 {
+        assert_eq!(
+            code(&host.attest(p_bad)),
+            (
+                "Internal".into(),
+                format!(
+                    "Attest panicked: test attestor: pid {p_bad} is in {}, which ends with panic_cgroup_suffix",
+                    sb.hierarchy_path(&bad)
+                )
+            )
+        );
+        assert_eq!(host.attest_ok(p_good), expected(&sb, &good));
+    }
+    let e = host.wait_log(
+        "plugin handler panicked; answering Internal",
+        "rpc",
+        "Attest",
+    );
+    assert_eq!(e["@level"], "error");
+    let e = host.wait_log("panic", "", "");
+    assert_eq!(e["@level"], "error");
+    assert!(
+        e["location"]
+            .as_str()
+            .is_some_and(|l| l.contains("plugin_attestor.rs")),
+        "{e}"
+    );
+    host.unload();
+    kill_and_reap(p_bad);
+    kill_and_reap(p_good);
+}
+
+#[test]
+fn cancelled_attest_reaches_the_attestor() {
+    if !require_root() {
+        return;
+    }
+    let sb = sandbox("plugin-cancel");
+    let hold = sb
+        .container(Layout::Cgroupfs, POD_B, CID_HOLD)
+        .expect("cgroup");
+    let good = sb
+        .container(Layout::Cgroupfs, POD_B, CID_B)
+        .expect("cgroup");
+    let (p_hold, p_good) = (sleeper(&hold), sleeper(&good));
+    let mut host = Host::start();
+    host.load();
+    assert_eq!(
+        host.configure(&format!("hold_cgroup_suffix = \"{CID_HOLD}\"")),
+        ("OK".into(), String::new())
+    );
+    // The host gives up after 300 ms, as an agent does when the Workload API client leaves.
+    let r = host.call(json!({"op": "attest", "pid": p_hold, "timeout_ms": 300}));
+    assert_eq!(r["code"], "DeadlineExceeded", "{r}");
+    // The plugin saw the cancellation and the attestor's future returned because of it.
+    let e = host.wait_log("attest cancelled by the caller", "pid", &p_hold.to_string());
+    assert_eq!(e["@level"], "debug");
+    assert_eq!(e["@module"], "agent.attestor-test-plugin");
+    assert_eq!(host.attest_ok(p_good), expected(&sb, &good));
+    host.unload();
+    kill_and_reap(p_hold);
+    kill_and_reap(p_good);
+}
+
+#[test]
+fn metrics_reach_the_agents_host_service() {
+    if !require_root() {
+        return;
+    }
+    let mut host = Host::start();
+    host.load();
+    host.wait_log("metrics host service connected", "", "");
+    assert_eq!(host.configure(""), ("OK".into(), String::new()));
+    let me = std::process::id() as i32;
+    assert_eq!(host.attest(me)["code"], "OK");
+    let r = host.call(json!({"op": "metrics", "n": 2, "timeout_ms": 10_000}));
+    let mut calls: Vec<Value> = serde_json::from_value(r["calls"].clone()).expect("calls");
+    calls.sort_by_key(|c| c["method"].as_str().unwrap_or_default().to_string());
+    assert_eq!(
+        calls,
+        vec![
+            json!({"method": "IncrCounter", "key": ["attestor", "attest"], "val": 1,
+                   "labels": {"status": "OK"}}),
+            json!({"method": "MeasureSince", "key": ["attestor", "attest", "latency"],
+                   "time_set": true, "labels": {"status": "OK"}}),
+        ]
+    );
+    host.unload();
+}
+
+#[test]
+fn runs_with_only_the_capabilities_deploy_grants() {
+    if !require_root() {
+        return;
+    }
+    let sb = sandbox("plugin-caps");
+    let dir = sb
+        .container(Layout::SystemdContainerd, POD_A, CID_A)
+        .expect("cgroup");
+    let pid = sleeper(&dir);
+    let mut host = Host::start_with_caps(",+bpf,+perfmon,+dac_read_search");
+    host.load();
+    // eBPF loaded (the tracker did not fall back).
+    host.wait_log("test attestor: tracker started", "ebpf", "true");
+    assert_eq!(host.configure(""), ("OK".into(), String::new()));
+    assert_eq!(host.attest_ok(pid), expected(&sb, &dir));
+    host.unload();
+    kill_and_reap(pid);
+}
+
+#[test]
+fn checksum_mismatch_is_refused_before_start() {
+    if !require_root() {
+        return;
+    }
+    let mut host = Host::start();
+    let r = host.call(json!({"op": "load", "checksum": "00".repeat(32)}));
+    assert_eq!(r["ok"], false);
+    assert_eq!(r["error"], "checksums did not match");
+}
+
+/// Spawns `bin` as a plugin 20 times; time from spawn to its handshake line, sorted.
+fn time_to_handshake(bin: &Path) -> Vec<Duration> {
+    let mut v: Vec<Duration> = (0..20)
+        .map(|_| {
+            let t = Instant::now();
+            let mut child = Command::new(bin)
+                .env("WorkloadAttestor", "WorkloadAttestor")
+                .env("PLUGIN_PROTOCOL_VERSIONS", "1")
+                .env_remove("PLUGIN_CLIENT_CERT")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn plugin");
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().expect("stdout"))
+                .read_line(&mut line)
+                .expect("handshake");
+            let d = t.elapsed();
+            assert!(line.starts_with("1|1|unix|/"), "{line}");
+            signal(&child, "TERM");
+            let _ = child.wait();
+            d
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// `cargo build --release -p attestor && cargo test --release -p attestor-tests --test plugin -- --ignored --nocapture bench`
+#[test]
+#[ignore = "benchmark: run explicitly (numbers in BENCHMARKS-plugin.md)"]
+fn bench_attest_round_trip_and_start_to_handshake() {
+    if !require_root() {
+        return;
+    }
+    // Start to handshake: the test plugin (starts the eBPF tracker before it listens) and,
+    // if built, the attestor binary itself (no pipeline yet, so no tracker).
+    let starts = time_to_handshake(Path::new(PLUGIN));
+    let bare = Path::new(PLUGIN).with_file_name("attestor");
+    let bare_starts = bare.exists().then(|| time_to_handshake(&bare));
+    let sb = sandbox("plugin-bench");
+    let dir = sb
+        .container(Layout::SystemdContainerd, POD_A, CID_A)
+        .expect("cgroup");
+    let pid = sleeper(&dir);
+    let mut host = Host::start();
+    let load = host.load();
+    assert_eq!(host.configure(""), ("OK".into(), String::new()));
+    let r = host.call(json!({"op": "bench", "pid": pid, "n": 5000}));
+    assert_eq!(r["code"], "OK", "{r}");
+    let h = host.call(json!({"op": "bench", "mode": "health", "n": 5000}));
+    assert_eq!(h["code"], "OK", "{h}");
+    println!(
+        "start→handshake, test plugin incl. tracker start (20 starts): p50 {:?}, max {:?}",
+        starts[starts.len() / 2],
+        starts[starts.len() - 1]
+    );
+    match bare_starts {
+        Some(s) => println!(
+            "start→handshake, attestor binary without tracker (20 starts): p50 {:?}, max {:?}",
+            s[s.len() / 2],
+            s[s.len() - 1]
+        ),
+        None => println!(
+            "attestor binary not built in this profile: `cargo build --release -p attestor`"
+        ),
+    }
+    println!(
+        "go-plugin Client() incl. SHA-256 of the binary: {} µs; load incl. Dispense+Init: {} µs",
+        load["connect_us"], load["load_us"]
+    );
+    println!(
+        "Attest round trip, warm, n={}: p50 {} µs, p99 {} µs, max {} µs",
+        r["n"], r["p50_us"], r["p99_us"], r["max_us"]
+    );
+    println!(
+        "Health/Check round trip (transport baseline), n={}: p50 {} µs, p99 {} µs, max {} µs",
+        h["n"], h["p50_us"], h["p99_us"], h["max_us"]
+    );
+    host.unload();
+    // The same without the metrics host service (no IncrCounter/MeasureSince per Attest).
+    let r = host.call(json!({"op": "load", "no_metrics": true}));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(host.configure(""), ("OK".into(), String::new()));
+    let r = host.call(json!({"op": "bench", "pid": pid, "n": 5000}));
+    assert_eq!(r["code"], "OK", "{r}");
+    println!(
+        "Attest round trip without metrics, n={}: p50 {} µs, p99 {} µs, max {} µs",
+        r["n"], r["p50_us"], r["p99_us"], r["max_us"]
+    );
+    host.unload();
+    kill_and_reap(pid);
+}
+
+#[test]
+fn automtls_through_go_plugin_accepts_only_the_hosts_certificate() {
+    if !require_root() {
+        return;
+    }
+    let mut host = Host::start();
+    let r = host.call(json!({"op": "load", "automtls": true}));
+    assert_eq!(r["ok"], true, "{r}");
+    let e = host.wait_log("plugin serving", "tls", "true");
+    assert!(
+        e["address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("unix:")),
+        "{e}"
+    );
+    assert_eq!(
+        code(&host.call(json!({"op": "ping"}))),
+        ("OK".into(), String::new())
+    );
+    // Another client, plaintext or with a certificate the host did not hand over, gets no
+    // connection (the plugin logs the failed handshake).
+    for mode in ["plaintext", "other_cert"] {
+        let r = host.call(json!({"op": "probe", "mode": mode}));
+        assert_eq!(r["code"], "DialFailed", "{mode}: {r}");
+    }
+    host.wait_log("TLS handshake with the host failed (AutoMTLS)", "", "");
+    assert_eq!(host.configure(""), ("OK".into(), String::new()));
+    assert_eq!(host.attest(std::process::id() as i32)["code"], "OK");
+    host.unload();
+}
+
+/// The plugin started directly with the cookie (no host): stdout, stderr and the child.
+fn spawn_plugin(env: &[(&str, &str)]) -> Child {
+    let mut cmd = Command::new(PLUGIN);
+    cmd.env("WorkloadAttestor", "WorkloadAttestor")
+        .env("PLUGIN_PROTOCOL_VERSIONS", "1")
+        .env_remove("PLUGIN_CLIENT_CERT")
+        .env_remove("PLUGIN_UNIX_SOCKET_DIR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn the plugin")
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill -{sig}");
+}
+
+#[test]
+fn without_the_cookie_it_explains_and_exits_1() {
+    let out = Command::new(PLUGIN)
+        .env_remove("WorkloadAttestor")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("This binary is a plugin."), "{err}");
+    // A wrong cookie value is no cookie.
+    let out = Command::new(PLUGIN)
+        .env("WorkloadAttestor", "workloadattestor")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn automtls_with_an_unusable_client_certificate_is_refused_not_served_in_plaintext() {
+    if !require_root() {
+        return;
+    }
+    let child = spawn_plugin(&[("PLUGIN_CLIENT_CERT", "-----BEGIN CERTIFICATE-----\n")]);
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty(), "no handshake line");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line: Value = serde_json::from_str(err.lines().next().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("hclog JSON on stderr ({e}): {err}"));
+    assert_eq!(line["@level"], "error");
+    assert!(
+        line["@message"]
+            .as_str()
+            .is_some_and(|m| m.contains("AutoMTLS") && m.contains("refusing to serve plaintext")),
+        "{line}"
+    );
+    assert!(
+        line["error"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("PLUGIN_CLIENT_CERT is not a PEM certificate")),
+        "{line}"
+    );
+}
+
+#[test]
+fn handshake_is_the_only_stdout_line_sigint_is_ignored_sigterm_cleans_up() {
+    if !require_root() {
+        return;
+    }
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sockdir-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let mut child = spawn_plugin(&[("PLUGIN_UNIX_SOCKET_DIR", dir.to_str().expect("utf8"))]);
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("handshake");
+    let fields: Vec<&str> = line.trim_end_matches('\n').split('|').collect();
+    assert_eq!(fields.len(), 6, "{line:?}");
+    assert_eq!(fields[..3], ["1", "1", "unix"]);
+    assert_eq!(fields[4..], ["grpc", ""]);
+    let socket = PathBuf::from(fields[3]);
+    assert_eq!(socket.parent(), Some(dir.as_path()));
+    assert!(
+        socket
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("plugin"))
+    );
+    assert!(std::os::unix::net::UnixStream::connect(&socket).is_ok());
+    // SIGINT first: if it were not ignored the exit status would say so.
+    signal(&child, "INT");
+    signal(&child, "TERM");
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0), "{status}");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).expect("stdout");
+    assert_eq!(rest, "", "nothing after the handshake line");
+    assert!(!socket.exists(), "socket removed at exit");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+        .expect("stderr");
+    for l in err.lines() {
+        let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        let ts = v["@timestamp"].as_str().expect("@timestamp");
+        // 2006-01-02T15:04:05.000000Z
+        assert_eq!(ts.len(), 27, "{ts}");
+        assert_eq!(&ts[19..20], ".");
+        assert!(ts.ends_with('Z'));
+    }
+    std::fs::remove_dir(&dir).expect("rmdir");
+}
+
+#[test]
+fn serves_over_tcp_when_no_unix_socket_is_possible() {
+    if !require_root() {
+        return;
+    }
+    // go-plugin passes its own environment through: the plugin cannot create its socket in
+    // a missing directory and falls back to 127.0.0.1 in [PLUGIN_MIN_PORT, PLUGIN_MAX_PORT].
+    let mut cmd = Command::new(go_host());
+    cmd.env("PLUGIN_UNIX_SOCKET_DIR", "/nonexistent/attestor-sockets");
+    let mut host = Host::start_in(cmd);
+    host.load();
+    let e = host.wait_log("plugin serving", "", "");
+    let addr = e["address"].as_str().unwrap_or_default();
+    assert!(addr.starts_with("tcp:127.0.0.1:"), "{e}");
+    let port: u16 = addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    assert!((10000..=25000).contains(&port), "{port}");
+    assert_eq!(host.configure(""), ("OK".into(), String::new()));
+    assert_eq!(host.attest(std::process::id() as i32)["code"], "OK");
+    host.unload();
+}
+
+/// What go-plugin 1.0.1 never calls but newer hosts (SPIRE's 1.6–1.8) do: GRPCStdio, and
+/// the health service. Talks to the plugin directly with tonic clients.
+#[test]
+fn stdio_stream_stays_open_until_shutdown_and_health_is_serving() {
+    use attestor::plugin::proto::goplugin::grpc_controller_client::GrpcControllerClient;
+    use attestor::plugin::proto::goplugin::grpc_stdio_client::GrpcStdioClient;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    if !require_root() {
+        return;
+    }
+    let mut child = spawn_plugin(&[]);
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("handshake");
+    let socket = line
+        .strip_prefix("1|1|unix|")
+        .and_then(|r| r.strip_suffix("|grpc|\n"))
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .to_string();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_static("http://unused")
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let socket = socket.clone();
+                async move {
+                    tokio::net::UnixStream::connect(socket)
+                        .await
+                        .map(hyper_util::rt::TokioIo::new)
+                }
+            }))
+            .await
+            .expect("connect");
+        let mut health = HealthClient::new(channel.clone());
+        for service in ["plugin", ""] {
+            let r = health
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .expect("health check")
+                .into_inner();
+            assert_eq!(r.status, ServingStatus::Serving as i32, "{service:?}");
+        }
+        let mut stdio = GrpcStdioClient::new(channel.clone())
+            .stream_stdio(())
+            .await
+            .expect("StreamStdio")
+            .into_inner();
+        GrpcControllerClient::new(channel)
+            .shutdown(attestor::plugin::proto::goplugin::Empty {})
+            .await
+            .expect("Shutdown");
+        // The stream carried nothing and ends cleanly once the plugin shuts down.
+        assert_eq!(stdio.message().await.expect("clean end of stream"), None);
+    });
+    assert_eq!(child.wait().expect("wait").code(), Some(0));
+}
+
+#[test]
+fn reconfigure_while_attests_are_in_flight() {
+    if !require_root() {
+        return;
+    }
+    let sb = sandbox("plugin-reconf");
+    let hold = sb
+        .container(Layout::SystemdContainerd, POD_B, CID_HOLD)
+        .expect("cgroup");
+    let good = sb
+        .container(Layout::SystemdContainerd, POD_A, CID_A)
+        .expect("cgroup");
+    let (p_hold, p_good) = (sleeper(&hold), sleeper(&good));
+    let mut host = Host::start();
+    host.load();
+    let hcl = format!("hold_cgroup_suffix = \"cri-containerd-{CID_HOLD}.scope\"");
+    assert_eq!(host.configure(&hcl), ("OK".into(), String::new()));
+    host.call(json!({"op": "attest_async", "id": "held", "pid": p_hold, "timeout_ms": 60_000}));
+    host.wait_log(
+        "test attestor: holding until cancelled",
+        "pid",
+        &p_hold.to_string(),
+    );
+    // SIGUSR1-style reconfigure while that call is in flight: not blocked by it, and the
+    // next calls see the new configuration.
+    assert_eq!(host.configure(""), ("OK".into(), String::new()));
+    assert_eq!(host.attest_ok(p_hold), expected(&sb, &hold));
+    // Concurrent calls all get their own answer.
+    for i in 0..8 {
+        let pid = if i % 2 == 0 { p_good } else { p_hold };
+        host.call(json!({"op": "attest_async", "id": format!("c{i}"), "pid": pid}));
+    }
+    for i in 0..8 {
+        let r = host.call(json!({"op": "await", "id": format!("c{i}")}));
+        let dir = if i % 2 == 0 { &good } else { &hold };
+        assert_eq!(r["code"], "OK", "c{i}: {r}");
+        assert_eq!(r["selectors"], json!(expected(&sb, dir)), "c{i}");
+    }
+    // Unload with the first call still held: go-plugin closes its connection ("transport is
+    // closing" for the caller), which cancels the call; the plugin still exits by itself.
+    host.call(json!({"op": "deinit"}));
+    let r = host.call(json!({"op": "kill"}));
+    assert_eq!(
+        r,
+        json!({"graceful": true, "exited_logged": true, "exit_error": ""})
+    );
+    let r = host.call(json!({"op": "await", "id": "held"}));
+    assert_eq!(r["code"], "Unavailable", "{r}");
+    kill_and_reap(p_hold);
+    kill_and_reap(p_good);
+}
