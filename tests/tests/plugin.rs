@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use attestor::sandbox::{Layout, Sandbox};
 use attestor::tracker::spawn_into_cgroup;
+use attestor_tests::cart::{POD_UID, app_hex, cart_pod, expected_app_selectors};
+use attestor_tests::kubelet_sim::{KubeletSim, generate_pods};
+use attestor_tests::tempdir::TempDir;
 use attestor_tests::{cgroup_id, comm, kill_and_reap, require_root, wait_for};
 use serde_json::{Value, json};
 
@@ -71,7 +74,12 @@ struct Host {
 
 impl Host {
     fn start() -> Host {
-        Host::start_in(Command::new(go_host()))
+        Host::start_in(Command::new(go_host()), Path::new(PLUGIN))
+    }
+
+    /// The Go host loading the real `attestor` binary (the k8s pipeline).
+    fn start_real() -> Host {
+        Host::start_in(Command::new(go_host()), &attestor_bin())
     }
 
     /// The Go host (and so the plugin it starts) with only these capabilities (as root):
@@ -81,10 +89,10 @@ impl Host {
         cmd.args(["--inh-caps=-all", "--ambient-caps=-all"])
             .arg(format!("--bounding-set=-all{caps}"))
             .arg(go_host());
-        Host::start_in(cmd)
+        Host::start_in(cmd, Path::new(PLUGIN))
     }
 
-    fn start_in(mut cmd: Command) -> Host {
+    fn start_in(mut cmd: Command, plugin: &Path) -> Host {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-host/logs");
         std::fs::create_dir_all(&dir).expect("log dir");
@@ -96,7 +104,7 @@ impl Host {
         let file = std::fs::File::create(&log).expect("host log file");
         let mut child = cmd
             .arg("-plugin")
-            .arg(PLUGIN)
+            .arg(plugin)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(file)
@@ -216,9 +224,149 @@ fn expected(sandbox: &Sandbox, dir: &Path) -> Vec<String> {
     ]
 }
 
+/// The `attestor` binary next to this test's executable (`cargo test` builds it).
+fn attestor_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("attestor");
+    assert!(
+        bin.is_file(),
+        "{} not built (cargo test builds it)",
+        bin.display()
+    );
+    bin
+}
+
+/// The kubelet simulator on its own runtime (these tests are synchronous), serving the cart
+/// pod among generated ones, and the plugin_data that points at it.
+struct Kubelet {
+    _rt: tokio::runtime::Runtime,
+    sim: KubeletSim,
+    _dir: TempDir,
+    plugin_data: String,
+}
+
+const TOKEN: &str = "plugin-test-token";
+
+fn kubelet() -> Kubelet {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut pods = generate_pods(30, "node-1", 21);
+    pods.push(cart_pod(true).build());
+    let sim = rt
+        .block_on(KubeletSim::builder().token(TOKEN).pods(pods).start())
+        .expect("simulator");
+    let dir = TempDir::new("plugin");
+    let ca = dir.write("ca.pem", sim.ca_pem());
+    let token = dir.write("token", TOKEN);
+    // As the agent re-prints plugin_data from a JSON config: quoted keys.
+    let plugin_data = format!(
+        "\"kubelet_secure_port\" = {}\n\"kubelet_ca_path\" = \"{}\"\n\"token_path\" = \"{}\"\n\"poll_retry_interval\" = \"50ms\"\n\"max_poll_attempts\" = 5\n",
+        sim.port(),
+        ca.display(),
+        token.display()
+    );
+    Kubelet {
+        _rt: rt,
+        sim,
+        _dir: dir,
+        plugin_data,
+    }
+}
+
 fn sandbox(tag: &str) -> Sandbox {
     let cgfs = attestor::cgroupfs::CgroupFs::discover().expect("cgroup2 mount");
     Sandbox::new(&cgfs, tag).expect("sandbox")
+}
+
+/// The real binary, loaded 20 times by go-plugin, configured against the kubelet simulator,
+/// attesting a real process in a kubelet-style cgroup: SPIRE's selectors, exactly.
+#[test]
+fn real_plugin_loads_twenty_times_and_attests_through_the_kubelet() {
+    if !require_root() {
+        return;
+    }
+    let k = kubelet();
+    let sb = sandbox("plugin-real");
+    let dir = sb
+        .container(Layout::SystemdContainerd, POD_UID, &app_hex())
+        .expect("cgroup");
+    let pid = sleeper(&dir);
+    let want: Vec<String> = expected_app_selectors().into_iter().collect();
+    let mut host = Host::start_real();
+    for round in 0..20 {
+        host.load();
+        assert_eq!(
+            host.configure(&k.plugin_data),
+            ("OK".into(), String::new()),
+            "round {round}"
+        );
+        assert_eq!(host.attest_ok(pid), want, "round {round}");
+        host.unload();
+    }
+    assert!(k.sim.request_count() >= 20, "each load polled the kubelet");
+    kill_and_reap(pid);
+}
+
+/// The real binary's error codes: bad text, unknown keys, not configured, a dead kubelet,
+/// a process that is not in a pod.
+#[test]
+fn real_plugin_reports_spire_status_codes() {
+    if !require_root() {
+        return;
+    }
+    let k = kubelet();
+    let sb = sandbox("plugin-real-errors");
+    let app = sb
+        .container(Layout::SystemdContainerd, POD_UID, &app_hex())
+        .expect("cgroup");
+    let pid = sleeper(&app);
+    let host_dir = sb.dir("system.slice/cron.service").expect("cgroup");
+    let host_pid = sleeper(&host_dir);
+    let mut host = Host::start_real();
+    host.load();
+    assert_eq!(
+        code(&host.attest(pid)),
+        ("FailedPrecondition".into(), "not configured".into())
+    );
+    let (c, m) = host.configure("kubelet_read_only_port = 10255\nkubelet_secure_port = 10250\n");
+    assert_eq!(
+        (c.as_str(), m.as_str()),
+        (
+            "InvalidArgument",
+            "cannot use both the read-only and secure port"
+        )
+    );
+    let (c, m) = host.configure("bogus = 1\nalso_bogus = true\n");
+    assert_eq!(
+        (c.as_str(), m.as_str()),
+        (
+            "InvalidArgument",
+            "unknown configurations detected: also_bogus,bogus"
+        )
+    );
+    let (c, _) = host.configure("kubelet_secure_port = \"not a number");
+    assert_eq!(c, "InvalidArgument");
+    // Still unconfigured after failed Configures.
+    assert_eq!(code(&host.attest(pid)).0, "FailedPrecondition");
+    // A kubelet that is not there: Unavailable after max_poll_attempts.
+    let dead = k.plugin_data.replace(&format!("= {}", k.sim.port()), "= 1");
+    assert_eq!(host.configure(&dead), ("OK".into(), String::new()));
+    assert_eq!(code(&host.attest(pid)).0, "Unavailable");
+    // Reconfigured to the live kubelet: answers again.
+    assert_eq!(host.configure(&k.plugin_data), ("OK".into(), String::new()));
+    assert_eq!(
+        host.attest_ok(pid),
+        expected_app_selectors().into_iter().collect::<Vec<_>>()
+    );
+    // Not in a pod: no selectors, no error.
+    assert_eq!(host.attest_ok(host_pid), Vec::<String>::new());
+    host.unload();
+    kill_and_reap(pid);
+    kill_and_reap(host_pid);
 }
 
 #[test]
@@ -766,7 +914,7 @@ fn serves_over_tcp_when_no_unix_socket_is_possible() {
     // a missing directory and falls back to 127.0.0.1 in [PLUGIN_MIN_PORT, PLUGIN_MAX_PORT].
     let mut cmd = Command::new(go_host());
     cmd.env("PLUGIN_UNIX_SOCKET_DIR", "/nonexistent/attestor-sockets");
-    let mut host = Host::start_in(cmd);
+    let mut host = Host::start_in(cmd, Path::new(PLUGIN));
     host.load();
     let e = host.wait_log("plugin serving", "", "");
     let addr = e["address"].as_str().unwrap_or_default();

@@ -43,8 +43,17 @@ pub fn run(opts: &Options) -> Result<()> {
         // BENCHMARKS.md (plugin): the start → handshake figure of the bare binary needs it built.
         exec(cargo().args(["build", "--quiet", "--release", "--package", "attestor"]))?;
         exec(cargo().args([
-            "test", "--quiet", "--release", "--package", "attestor-tests", "--test", "plugin", "--",
-            "--ignored", "--nocapture", "bench",
+            "test",
+            "--quiet",
+            "--release",
+            "--package",
+            "attestor-tests",
+            "--test",
+            "plugin",
+            "--",
+            "--ignored",
+            "--nocapture",
+            "bench",
         ]))?;
     }
     Ok(())

@@ -33,8 +33,12 @@ impl K8s {
         let opts = tracker_options(&Config::default());
         let tracker = Tracker::start(&opts).map_err(|e| e.to_string())?;
         match tracker.fallback_reason() {
-            None => log::info!(cgroup2 = tracker.cgroupfs().mount_point().display().to_string(); "eBPF process tracker attached"),
-            Some(why) => log::warn!(reason = why; "eBPF process tracker not in use: answering from /proc"),
+            None => {
+                log::info!(cgroup2 = tracker.cgroupfs().mount_point().display().to_string(); "eBPF process tracker attached")
+            }
+            Some(why) => {
+                log::warn!(reason = why; "eBPF process tracker not in use: answering from /proc")
+            }
         }
         Ok(K8s {
             current: RwLock::new(None),
@@ -90,8 +94,14 @@ impl Attestor for K8s {
 
     fn deinit(&self) {
         // Dropping the last Arc detaches the kernel programs and frees the maps.
-        self.current.write().unwrap_or_else(|e| e.into_inner()).take();
-        self.tracker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.current
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        self.tracker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
     }
 }
 
