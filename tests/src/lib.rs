@@ -1,6 +1,10 @@
 //! Helpers shared by the integration tests (real kernel, real cgroups, real processes) and
 //! the kubelet simulator.
 
+pub mod attest;
+pub mod cleanup;
+pub mod containerd;
+pub mod cri;
 pub mod kubelet_sim;
 pub mod tempdir;
 
