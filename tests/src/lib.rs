@@ -6,6 +6,7 @@ pub mod cleanup;
 pub mod containerd;
 pub mod cri;
 pub mod kubelet_sim;
+pub mod runc;
 pub mod tempdir;
 
 use std::path::Path;

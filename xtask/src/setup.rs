@@ -23,6 +23,15 @@ const APT_PACKAGES: &[&str] = &[
     // tests: tracefs mount helper and process tools
     "util-linux",
     "procps",
+    // tests/build.rs generates the CRI client with tonic-prost-build, which runs protoc.
+    "protobuf-compiler",
+    // tests/tests/containers.rs: a private containerd (1.6, with its CRI plugin) and runc
+    // create real pods; images are built from the static busybox. No daemon is started by
+    // the packages here (no systemd). See ../shared/reference/containerd-cri-notes.md.
+    "containerd",
+    "runc",
+    "containernetworking-plugins",
+    "busybox-static",
 ];
 
 pub fn run() -> Result<()> {

@@ -150,7 +150,7 @@ impl PodSpec {
 #[derive(Debug, Clone)]
 pub struct Started {
     pub id: String,
-    /// Its init process (host PID namespace).
+    /// Its init process (host PID namespace); 0 if it had already exited.
     pub pid: i32,
 }
 
@@ -446,10 +446,21 @@ impl Pod {
         cd.cri().start_container(&id).await?;
         // StartContainer returns once the task runs; the status carries its pid.
         let st = cd.cri().container_status(&id).await?;
-        let pid = info_pid(&st.info).ok_or_else(|| CriError {
-            call: "ContainerStatus",
-            message: format!("started container {id} has no pid"),
-        })?;
+        let exited = st
+            .status
+            .as_ref()
+            .is_some_and(|s| s.state == api::ContainerState::ContainerExited as i32);
+        let pid = match info_pid(&st.info) {
+            Some(pid) => pid,
+            // A container that already finished (an init container running `true`).
+            None if exited => 0,
+            None => {
+                return Err(CriError {
+                    call: "ContainerStatus",
+                    message: format!("started container {id} has no pid"),
+                });
+            }
+        };
         Ok(Started { id, pid })
     }
 
@@ -696,6 +707,29 @@ impl Pod {
             }
         }
         Ok(false)
+    }
+
+    /// Waits (up to 30 s) until CRI reports container `id` exited; returns its exit code.
+    pub async fn wait_exited(&self, cd: &Containerd, id: &str) -> Result<i32, CriError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let st = cd
+                .cri()
+                .container_status(id)
+                .await?
+                .status
+                .unwrap_or_default();
+            if st.state == api::ContainerState::ContainerExited as i32 {
+                return Ok(st.exit_code);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(CriError {
+                    call: "ContainerStatus",
+                    message: format!("container {id} still in state {} after 30 s", st.state),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// StopPodSandbox + RemovePodSandbox (kubelet's pod deletion at the runtime).
