@@ -560,7 +560,7 @@ async fn processes_forked_and_execd_inside_the_container() {
             let kids = children(app.pid);
             let sleeper = kids.iter().copied().find(|c| {
                 std::fs::read(format!("/proc/{c}/cmdline"))
-                    .is_ok_and(|c| c.starts_with(b"sleep\0214748"))
+                    .is_ok_and(|c| c == b"sleep\x002147483647\x00")
             })?;
             let subshell = kids
                 .iter()
