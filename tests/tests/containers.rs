@@ -8,6 +8,7 @@
 //! installed) unless `CI` is set, in which case that is a failure. `cargo xtask setup`
 //! installs containerd, runc, containernetworking-plugins and busybox-static.
 
+use std::path::Path;
 use std::time::Duration;
 
 use attestor::locator::ContainerRef;
@@ -735,4 +736,66 @@ async fn systemd_driver_layouts_with_runc() {
     assert_eq!(k.pipeline.attest(containers[0].0.pid()).await, give_up());
     k.sim.shutdown().await;
     drop(containers);
+}
+
+// ------------------------------------------------------------------ the harness itself
+
+const TEARDOWN_UIDS: [&str; 2] = [
+    "becfd0e1-f2a3-4ebf-8a0b-1c2d3e4f5a6b",
+    "cfd0e1f2-a3b4-4fc0-9b1c-2d3e4f5a6b7c",
+];
+
+/// Creates a pod with a running app and tears the daemon down, gracefully (CRI removal
+/// first, as a passing test does) or not (plain drop, as after a panic). Either way no
+/// process, mount, cgroup, shim socket or directory may be left.
+async fn teardown_leaves_nothing(graceful: bool, uid: &str) {
+    let run_dir_existed = Path::new("/run/containerd").exists();
+    let Some(cd) = containerd().await else {
+        return;
+    };
+    let dir = cd.dir().to_owned();
+    let mut pod = ok(
+        "RunPodSandbox",
+        Pod::run(&cd, one_app_pod("teardown-0", uid, &[])).await,
+    );
+    let app = ok("start app", pod.start(&cd, "app").await);
+    let pause = ok("sandbox pid", pod.sandbox_pid(&cd).await);
+    assert!(!attestor_tests::cleanup::mounts_under(&dir).is_empty());
+    if graceful {
+        cd.shutdown().await;
+    } else {
+        drop(cd);
+    }
+    for pid in [app.pid, pause] {
+        assert!(
+            !attestor_tests::cleanup::is_running(pid),
+            "pid {pid} left running"
+        );
+    }
+    let needle = dir.to_string_lossy().into_owned();
+    assert_eq!(
+        attestor_tests::cleanup::pids_with_cmdline(&needle),
+        Vec::<i32>::new(),
+        "containerd or shims left running"
+    );
+    assert_eq!(
+        attestor_tests::cleanup::mounts_under(&dir),
+        Vec::<std::path::PathBuf>::new()
+    );
+    for mount in attestor_tests::cleanup::cgroup_mounts() {
+        let pod_dir = mount.join(format!("kubepods/besteffort/pod{uid}"));
+        assert!(!pod_dir.exists(), "{} left behind", pod_dir.display());
+    }
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    assert_eq!(Path::new("/run/containerd").exists(), run_dir_existed);
+}
+
+#[tokio::test]
+async fn teardown_after_a_passing_test_leaves_nothing() {
+    teardown_leaves_nothing(true, TEARDOWN_UIDS[0]).await;
+}
+
+#[tokio::test]
+async fn teardown_after_a_panic_leaves_nothing() {
+    teardown_leaves_nothing(false, TEARDOWN_UIDS[1]).await;
 }
