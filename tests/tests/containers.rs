@@ -624,6 +624,46 @@ async fn pause_container_never_gets_a_containers_selectors() {
     cd.shutdown().await;
 }
 
+const COLON_UID: &str = "8b9cadbe-cfd0-4e1f-9a2b-3c4d5e6f7a8b";
+
+/// kubelet on the systemd driver, containerd on cgroupfs (a common misconfiguration):
+/// containerd turns any `….slice` parent into runc's `slice:prefix:name` form, which
+/// runc's cgroupfs driver takes as one directory,
+/// `kubepods-besteffort-pod<uid_>.slice:cri-containerd:<id>`, relative to its own cgroup.
+#[tokio::test]
+async fn systemd_cgroup_parent_on_cgroupfs_gives_the_colon_form() {
+    let Some(cd) = containerd().await else {
+        return;
+    };
+    let tracker = ebpf_tracker();
+    let spec = one_app_pod("colon-0", COLON_UID, &[]).systemd_cgroup_parent();
+    let mut pod = ok("RunPodSandbox", Pod::run(&cd, spec).await);
+    let app = ok("start app", pod.start(&cd, "app").await);
+    let pause = ok("sandbox pid", pod.sandbox_pid(&cd).await);
+    let uid_ = COLON_UID.replace('-', "_");
+    let path = proc_v2_path(app.pid);
+    assert!(
+        path.ends_with(&format!(
+            "/kubepods-besteffort-pod{uid_}.slice:cri-containerd:{}",
+            app.id
+        )),
+        "{path}"
+    );
+    let k = kubelet(
+        tracker,
+        vec![ok("pod from CRI", pod.kubelet_json(&cd).await)],
+        MAX_POLL_ATTEMPTS,
+    )
+    .await;
+    assert_eq!(
+        k.pipeline.attest(app.pid).await,
+        Ok(one_app_selectors(&cd, "colon-0", COLON_UID))
+    );
+    assert_eq!(k.pipeline.attest(pause).await, give_up());
+    k.sim.shutdown().await;
+    cd.shutdown().await;
+}
+
 // ------------------------------------------------------------------ runc, systemd layouts
 
 /// Container IDs for the runc containers (64 hex, as containerd makes them).

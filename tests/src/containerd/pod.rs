@@ -62,6 +62,20 @@ impl Qos {
         }
     }
 
+    /// kubelet's systemd-driver pod cgroup (the full slice path it sends to CRI).
+    pub fn systemd_cgroup_parent(self, uid: &str) -> String {
+        let uid_ = uid.replace('-', "_");
+        match self {
+            Qos::Guaranteed => format!("/kubepods.slice/kubepods-pod{uid_}.slice"),
+            Qos::Burstable => format!(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice"
+            ),
+            Qos::BestEffort => format!(
+                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice"
+            ),
+        }
+    }
+
     fn oom_score_adj(self) -> i64 {
         match self {
             Qos::Guaranteed => -997,
@@ -96,6 +110,9 @@ pub struct PodSpec {
     /// (kind, name, uid) of the controller.
     pub owner: Option<(String, String, String)>,
     pub containers: Vec<ContainerSpec>,
+    /// Send the systemd driver's slice path as `cgroup_parent` (a kubelet configured for
+    /// systemd in front of a containerd on cgroupfs).
+    pub systemd_parent: bool,
 }
 
 impl PodSpec {
@@ -111,7 +128,13 @@ impl PodSpec {
             labels: Vec::new(),
             owner: None,
             containers: Vec::new(),
+            systemd_parent: false,
         }
+    }
+    /// See [`PodSpec::systemd_parent`].
+    pub fn systemd_cgroup_parent(mut self) -> Self {
+        self.systemd_parent = true;
+        self
     }
     pub fn namespace(mut self, ns: &str) -> Self {
         self.namespace = ns.into();
@@ -229,7 +252,11 @@ impl Pod {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        let cgroup_parent = spec.qos.cgroup_parent(&spec.uid);
+        let cgroup_parent = if spec.systemd_parent {
+            spec.qos.systemd_cgroup_parent(&spec.uid)
+        } else {
+            spec.qos.cgroup_parent(&spec.uid)
+        };
         let log_dir = cd
             .log_root()
             .join(format!("{}_{}_{}", spec.namespace, spec.name, spec.uid));
