@@ -223,6 +223,14 @@ async fn app_containers_get_their_own_selectors() {
 
     let wl = digest(&cd, WORKLOAD_IMAGE);
     let tools = digest(&cd, TOOLS_IMAGE);
+    // What kubelet's image manager sees: the locally built image under its tag and repo
+    // digest, with the config digest as its ID.
+    let image = ok("ImageStatus", cd.cri().image_status(WORKLOAD_IMAGE).await)
+        .expect("CRI knows the imported workload image");
+    let built = cd.image(WORKLOAD_IMAGE).expect("workload image");
+    assert_eq!(image.id, built.config_digest);
+    assert_eq!(image.repo_tags, vec![WORKLOAD_IMAGE.to_owned()]);
+    assert_eq!(image.repo_digests, vec![wl.clone()]);
     let pod = pod_level(
         "web",
         "shop",

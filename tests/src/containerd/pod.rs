@@ -471,22 +471,26 @@ impl Pod {
             .create_container(&self.sandbox_id, config, self.sandbox_config.clone())
             .await?;
         cd.cri().start_container(&id).await?;
-        // StartContainer returns once the task runs; the status carries its pid.
-        let st = cd.cri().container_status(&id).await?;
-        let exited = st
-            .status
-            .as_ref()
-            .is_some_and(|s| s.state == api::ContainerState::ContainerExited as i32);
-        let pid = match info_pid(&st.info) {
-            Some(pid) => pid,
-            // A container that already finished (an init container running `true`).
-            None if exited => 0,
-            None => {
+        // StartContainer returns once the task runs, so the status should carry its pid;
+        // a status read in the same instant may still say CREATED with pid 0: look again.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let pid = loop {
+            let st = cd.cri().container_status(&id).await?;
+            let state = st.status.as_ref().map(|s| s.state);
+            if let Some(pid) = info_pid(&st.info) {
+                break pid;
+            }
+            if state == Some(api::ContainerState::ContainerExited as i32) {
+                // Already finished (an init container running `true`).
+                break 0;
+            }
+            if std::time::Instant::now() > deadline {
                 return Err(CriError {
                     call: "ContainerStatus",
-                    message: format!("started container {id} has no pid"),
+                    message: format!("started container {id} has no pid (state {state:?})"),
                 });
             }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         };
         Ok(Started { id, pid })
     }
