@@ -797,10 +797,11 @@ const TEARDOWN_UIDS: [&str; 2] = [
 /// first, as a passing test does) or not (plain drop, as after a panic). Either way no
 /// process, mount, cgroup, shim socket or directory may be left.
 async fn teardown_leaves_nothing(graceful: bool, uid: &str) {
-    let run_dir_existed = Path::new("/run/containerd").exists();
     let Some(cd) = containerd().await else {
         return;
     };
+    // Read under the harness's lock: another test's daemon may have made it before.
+    let run_dir_existed = cd.run_dir_existed();
     let dir = cd.dir().to_owned();
     let mut pod = ok(
         "RunPodSandbox",

@@ -219,6 +219,11 @@ impl Containerd {
         self.dir.path()
     }
 
+    /// Whether `/run/containerd` existed when this daemon started (teardown then keeps it).
+    pub fn run_dir_existed(&self) -> bool {
+        self.run_dir_existed
+    }
+
     /// Directory for pod log directories (kubelet's `/var/log/pods`).
     pub fn log_root(&self) -> PathBuf {
         self.dir.path().join("logs")
