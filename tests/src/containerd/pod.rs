@@ -695,7 +695,8 @@ impl Pod {
                 "startedAt": rfc3339(st.started_at),
                 "finishedAt": rfc3339(st.finished_at),
             }}),
-            _ => json!({"waiting": {"reason": "ContainerCreating"}}),
+            // kubelet: created but not running is "waiting to be running", with its ID.
+            _ => json!({"waiting": {}}),
         };
         let last_state = match self.previous.get(&c.name) {
             Some(p) => json!({"terminated": {
