@@ -1,8 +1,13 @@
 //! Helpers shared by the integration tests (real kernel, real cgroups, real processes) and
 //! the kubelet simulator.
 
+pub mod attest;
 pub mod cart;
+pub mod cleanup;
+pub mod containerd;
+pub mod cri;
 pub mod kubelet_sim;
+pub mod runc;
 pub mod tempdir;
 
 pub mod plugin_attestor;

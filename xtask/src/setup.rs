@@ -35,6 +35,13 @@ const APT_PACKAGES: &[&str] = &[
     "golang-github-hashicorp-go-hclog-dev",
     "golang-google-grpc-dev",
     "golang-goprotobuf-dev",
+    // tests/tests/containers.rs: a private containerd (1.6, with its CRI plugin) and runc
+    // create real pods; images are built from the static busybox. No daemon is started by
+    // the packages here (no systemd). See ../shared/reference/containerd-cri-notes.md.
+    "containerd",
+    "runc",
+    "containernetworking-plugins",
+    "busybox-static",
 ];
 
 pub fn run() -> Result<()> {
