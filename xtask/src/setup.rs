@@ -25,9 +25,6 @@ const APT_PACKAGES: &[&str] = &[
     "procps",
     // attestor/build.rs: protoc generates the plugin's gRPC code.
     "protobuf-compiler",
-    // openssl-sys (go-plugin AutoMTLS in the plugin).
-    "libssl-dev",
-    "pkg-config",
     // tests/tests/plugin.rs: the Go test host loads the plugin with HashiCorp's go-plugin
     // client (1.0.1 in bookworm; GOPATH build against /usr/share/gocode).
     "golang-go",
