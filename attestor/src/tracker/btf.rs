@@ -76,7 +76,7 @@ impl Btf {
         let field = |o| {
             u32_at(o)
                 .map(|v| v as usize)
-                .ok_or(BtfError("truncated header".into()))
+                .ok_or_else(|| BtfError("truncated header".into()))
         };
         let hdr_len = field(4)?;
         let (type_off, type_len) = (field(8)?, field(12)?);
@@ -84,10 +84,10 @@ impl Btf {
         let span = |off: usize, len: usize| -> Result<(usize, usize), BtfError> {
             let start = hdr_len
                 .checked_add(off)
-                .ok_or(BtfError("section offset overflow".into()))?;
+                .ok_or_else(|| BtfError("section offset overflow".into()))?;
             let end = start
                 .checked_add(len)
-                .ok_or(BtfError("section length overflow".into()))?;
+                .ok_or_else(|| BtfError("section length overflow".into()))?;
             if end > blob.len() {
                 return err("section past the end of the blob");
             }
@@ -118,7 +118,7 @@ impl Btf {
         self.blob
             .get(o..o + 4)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .ok_or(BtfError(format!("read past the end at {o}")))
+            .ok_or_else(|| BtfError(format!("read past the end at {o}")))
     }
 
     fn header_at(&self, at: usize) -> Result<Header, BtfError> {
@@ -152,11 +152,11 @@ impl Btf {
     fn type_header(&self, id: u32) -> Result<Header, BtfError> {
         let idx = (id as usize)
             .checked_sub(1)
-            .ok_or(BtfError("type id 0 (void) has no header".into()))?;
+            .ok_or_else(|| BtfError("type id 0 (void) has no header".into()))?;
         let at = *self
             .offsets
             .get(idx)
-            .ok_or(BtfError(format!("type id {id} out of range")))?;
+            .ok_or_else(|| BtfError(format!("type id {id} out of range")))?;
         self.header_at(at as usize)
     }
 

@@ -262,7 +262,9 @@ impl Tracker {
             pidfd_info,
         };
         if tracker.kernel.is_some() {
+            let seeding = Instant::now();
             tracker.seed();
+            log::debug!("seeding from /proc took {:?}", seeding.elapsed());
         }
         Ok(tracker)
     }
