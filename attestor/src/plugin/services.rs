@@ -8,6 +8,7 @@
 //! process keeps serving; `Attest` cancels the attestor's token when the agent gives up.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -131,6 +132,51 @@ fn join_error(op: &str, e: tokio::task::JoinError) -> Status {
         Status::new(Code::Internal, format!("{op} panicked: {text}"))
     } else {
         Status::new(Code::Internal, format!("{op} was aborted"))
+    }
+}
+
+/// Cancels an attestation whose RPC was dropped (the agent gave up), and says so.
+struct CancelOnDrop {
+    cancel: Option<CancellationToken>,
+    pid: i32,
+    started: Instant,
+}
+
+impl CancelOnDrop {
+    fn disarm(mut self) {
+        self.cancel = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(cancel) = self.cancel.take() {
+            cancel.cancel();
+            log::debug!(
+                pid = self.pid, elapsed_us = self.started.elapsed().as_micros() as u64;
+                "attest cancelled by the caller"
+            );
+        }
+    }
+}
+
+/// A future that turns a panic while polling into `Err(payload)`. Pinned in a box so no
+/// unsafe pin projection is needed.
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let fut = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(payload) => std::task::Poll::Ready(Err(payload)),
+        }
     }
 }
 
@@ -323,20 +369,21 @@ impl<A: Attestor> workload_attestor_server::WorkloadAttestor for Services<A> {
         let started = Instant::now();
         let cancel = CancellationToken::new();
         // If the agent cancels the RPC, tonic drops this future: the guard then cancels the
-        // token and the attestor's task winds down on its own.
-        let guard = cancel.clone().drop_guard();
-        let attestor = self.0.attestor.clone();
-        let task = tokio::spawn(async move {
-            let result = attestor.attest(pid, cancel.clone()).await;
-            if cancel.is_cancelled() {
-                log::debug!(
-                    pid = pid, elapsed_us = started.elapsed().as_micros() as u64;
-                    "attest cancelled by the caller"
-                );
-            }
-            result
-        });
-        let result = task.await.unwrap_or_else(|e| Err(join_error("Attest", e)));
+        // token and logs it (the attestation future, polled right here, is dropped with it).
+        let guard = CancelOnDrop {
+            cancel: Some(cancel.clone()),
+            pid,
+            started,
+        };
+        // Polled inline rather than spawned: a hand-off to another worker thread costs a
+        // cross-thread wake-up per call; a panic is still caught and becomes Internal.
+        let result = CatchUnwind(Box::pin(self.0.attestor.attest(pid, cancel.clone())))
+            .await
+            .unwrap_or_else(|payload| {
+                let text = panic_text(payload.as_ref());
+                log::error!(rpc = "Attest", panic = text.as_str(); "plugin handler panicked; answering Internal");
+                Err(Status::new(Code::Internal, format!("Attest panicked: {text}")))
+            });
         guard.disarm();
         self.0.metrics.attest_done(&result, started);
         match result {
