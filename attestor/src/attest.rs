@@ -119,6 +119,17 @@ impl Attestor {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, Status> {
         let settings = kubelet_settings(&config, env)?;
+        Self::with_kubelet_settings(config, tracker, settings)
+    }
+
+    /// [`Attestor::new`] with explicit kubelet client settings (normally
+    /// [`kubelet_settings`] of `config`): tests and benchmarks use it to shorten
+    /// `request_timeout` or lower `max_body_bytes`, which `plugin_data` does not expose.
+    pub fn with_kubelet_settings(
+        config: Config,
+        tracker: Arc<Tracker>,
+        settings: KubeletSettings,
+    ) -> Result<Self, Status> {
         let client = KubeletClient::new(settings)
             .map_err(|e| Status::new(Code::InvalidArgument, e.to_string()))?;
         let fetcher = PodListFetcher::new(client, config.poll_retry_interval());
