@@ -6,6 +6,8 @@
 mod bench;
 mod build_ebpf;
 mod demo;
+mod deny;
+mod fuzz;
 mod setup;
 mod test;
 mod util;
@@ -36,6 +38,10 @@ enum Command {
     Demo,
     /// Run the benchmarks and print the figures recorded in BENCHMARKS.md.
     Bench(bench::Options),
+    /// Replay the committed fuzz corpus (stable test; --libfuzzer for the real fuzz binaries).
+    FuzzReplay(fuzz::Options),
+    /// cargo deny: licenses, duplicate crates, sources (deny.toml); installs cargo-deny.
+    Deny(deny::Options),
     /// Kernel-facing tests in qemu (TCG) on Debian's 5.10, 6.1 (+ BPF LSM off) and 6.12.
     VmTest(vm::Options),
 }
@@ -49,6 +55,8 @@ fn main() {
         Command::Demo => demo::run(),
         Command::Bench(opts) => bench::run(&opts),
         Command::VmTest(opts) => vm::run(&opts),
+        Command::FuzzReplay(opts) => fuzz::run(&opts),
+        Command::Deny(opts) => deny::run(&opts),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

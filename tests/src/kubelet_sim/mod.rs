@@ -452,8 +452,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
-                // Abort (RST) rather than FIN when a connection is dropped mid-answer.
-                let _ = stream.set_zero_linger();
+                let break_tls = shared.tls && shared.break_tls.load(Ordering::SeqCst);
+                if !break_tls {
+                    // Abort (RST) rather than FIN when a connection is dropped mid-answer.
+                    let _ = stream.set_zero_linger();
+                }
                 shared.connections.fetch_add(1, Ordering::SeqCst);
                 let shared = shared.clone();
                 let acceptor = shared
@@ -461,14 +464,12 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .clone();
-                let break_tls = shared.tls && shared.break_tls.load(Ordering::SeqCst);
                 conns.spawn(async move {
                     if break_tls {
                         // Read the client hello, answer in plaintext (not a server hello) and
                         // close gracefully: the client's handshake fails on what it reads.
                         use tokio::io::{AsyncReadExt, AsyncWriteExt};
                         let mut stream = stream;
-                        let _ = stream.set_linger(None);
                         let mut hello = [0u8; 4096];
                         let _ = stream.read(&mut hello).await;
                         let _ = stream
