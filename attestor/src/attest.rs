@@ -198,8 +198,10 @@ impl Attestor {
             }
             Err(e) => return Err(resolve_status(e)),
         };
-        let container = locator::locate_path(&resolution.cgroup_path);
         trace.resolution = Some(resolution.clone());
+        // A cgroup tree made up below the workload's own cgroup must not name another pod.
+        locator::check_not_nested(&resolution.cgroup_path).map_err(Status::from)?;
+        let container = locator::locate_path(&resolution.cgroup_path);
         let Some(container) = container else {
             return Ok(Vec::new());
         };

@@ -362,10 +362,15 @@ impl KubeletClient {
 
         let status = response.status();
         if status != StatusCode::OK {
-            let preview =
-                read_body(&self.url, response.into_body(), ERROR_BODY_PREVIEW, None, false)
-                .await
-                .unwrap_or_default();
+            let preview = read_body(
+                &self.url,
+                response.into_body(),
+                ERROR_BODY_PREVIEW,
+                None,
+                false,
+            )
+            .await
+            .unwrap_or_default();
             return Err(KubeletError::Status {
                 code: status.as_u16(),
                 body: String::from_utf8_lossy(&preview).trim().to_owned(),
