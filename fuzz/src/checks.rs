@@ -88,7 +88,10 @@ pub fn locator(data: &[u8]) {
 
 fn check_ref(r: &ContainerRef, text: &str) {
     assert_eq!(r.container_id.len(), 64, "{r:?}");
-    assert!(r.container_id.bytes().all(|b| b.is_ascii_hexdigit()), "{r:?}");
+    assert!(
+        r.container_id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{r:?}"
+    );
     assert!(text.contains(&r.container_id), "{r:?} not in input");
     if let Some(uid) = &r.pod_uid {
         assert!(
@@ -99,7 +102,10 @@ fn check_ref(r: &ContainerRef, text: &str) {
             uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'),
             "{r:?}"
         );
-        assert!(text.contains("pod"), "{r:?}: pod UID without a `pod` prefix");
+        assert!(
+            text.contains("pod"),
+            "{r:?}: pod UID without a `pod` prefix"
+        );
     }
 }
 
