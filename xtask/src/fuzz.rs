@@ -29,8 +29,9 @@ pub fn run(opts: &Options) -> Result<()> {
     if !opts.libfuzzer {
         return exec(cargo().args(["test", "-p", "attestor-tests", "--test", "fuzz_corpus"]));
     }
+    // `cargo +toolchain` needs rustup's cargo proxy, not the cargo running xtask.
     let toolchain = format!("+{}", nightly_toolchain());
-    if output(cargo().args([toolchain.as_str(), "fuzz", "--version"])).is_none() {
+    if output(Command::new("cargo").args([toolchain.as_str(), "fuzz", "--version"])).is_none() {
         eprintln!("xtask: cargo-fuzz is missing; installing it");
         exec(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
     }
