@@ -119,6 +119,17 @@ impl Attestor {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, Status> {
         let settings = kubelet_settings(&config, env)?;
+        Self::with_kubelet_settings(config, tracker, settings)
+    }
+
+    /// [`Attestor::new`] with explicit kubelet client settings (normally
+    /// [`kubelet_settings`] of `config`): tests and benchmarks use it to shorten
+    /// `request_timeout` or lower `max_body_bytes`, which `plugin_data` does not expose.
+    pub fn with_kubelet_settings(
+        config: Config,
+        tracker: Arc<Tracker>,
+        settings: KubeletSettings,
+    ) -> Result<Self, Status> {
         let client = KubeletClient::new(settings)
             .map_err(|e| Status::new(Code::InvalidArgument, e.to_string()))?;
         let fetcher = PodListFetcher::new(client, config.poll_retry_interval());
@@ -187,8 +198,10 @@ impl Attestor {
             }
             Err(e) => return Err(resolve_status(e)),
         };
-        let container = locator::locate_path(&resolution.cgroup_path);
         trace.resolution = Some(resolution.clone());
+        // A cgroup tree made up below the workload's own cgroup must not name another pod.
+        locator::check_not_nested(&resolution.cgroup_path).map_err(Status::from)?;
+        let container = locator::locate_path(&resolution.cgroup_path);
         let Some(container) = container else {
             return Ok(Vec::new());
         };

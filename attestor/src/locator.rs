@@ -23,6 +23,12 @@
 //!   `multiple container IDs found ("<id>", "")`);
 //! * blank lines are skipped instead of being rejected as malformed entries.
 //!
+//! * beyond SPIRE, [`check_not_nested`] refuses a path naming two different pods, or a
+//!   container cgroup below another container's one under the pod: a workload allowed to
+//!   create cgroups below its own (a delegated or writable cgroupfs) could otherwise create
+//!   `…/pod<uid-A>/<id-A>/pod<uid-B>/<id-B>`, move itself there and be located as a
+//!   container of pod B (SECURITY.md, "Forged cgroup paths").
+//!
 //! `/proc/<pid>/mountinfo` is never read: a workload can bind-mount another pod's cgroup and
 //! forge it (SPIRE PR #7288 removed that source for the same reason).
 //!
@@ -64,6 +70,13 @@ pub enum LocatorError {
     /// Two entries name different containers.
     #[error("multiple container IDs found ({}, {})", go_quote(.0), go_quote(.1))]
     MultipleContainerIds(String, String),
+    /// One path names two pods, or a container below another container of its pod: a
+    /// cgroup tree made up below a workload's own cgroup, never one the kubelet creates.
+    #[error(
+        "cgroup path {} is nested below another pod or container cgroup ({reason}); refusing to attest a made-up cgroup",
+        go_quote(.path)
+    )]
+    Nested { path: String, reason: String },
 }
 
 impl From<LocatorError> for Status {
@@ -71,9 +84,9 @@ impl From<LocatorError> for Status {
         let code = match e {
             // SPIRE fails reading the cgroups before any attestation logic runs.
             LocatorError::InvalidEntry { .. } => Code::Internal,
-            LocatorError::MultiplePodUids(..) | LocatorError::MultipleContainerIds(..) => {
-                Code::FailedPrecondition
-            }
+            LocatorError::MultiplePodUids(..)
+            | LocatorError::MultipleContainerIds(..)
+            | LocatorError::Nested { .. } => Code::FailedPrecondition,
         };
         Status::new(code, e.to_string())
     }
@@ -99,6 +112,7 @@ pub fn locate_cgroup_file(text: &str) -> Result<Option<ContainerRef>, LocatorErr
                 line: line.to_string(),
             });
         };
+        check_not_nested(path)?;
         let Some(entry) = locate_path(path) else {
             // Beyond SPIRE: an entry without a container ID tells nothing (see module doc).
             continue;
@@ -147,6 +161,42 @@ pub fn locate_path(path: &str) -> Option<ContainerRef> {
         pod_uid,
         container_id,
     })
+}
+
+/// Refuses a cgroup path that no kubelet creates but a workload able to create cgroups below
+/// its own could: two different pod UIDs, or more than one container ID from the (last) pod
+/// segment on. Container IDs *before* the pod (kind's node container, `/docker/<id>/kubepods/…`)
+/// and sub-cgroups without an ID below the container stay allowed.
+pub fn check_not_nested(path: &str) -> Result<(), LocatorError> {
+    let nested = |reason: String| {
+        Err(LocatorError::Nested {
+            path: path.to_string(),
+            reason,
+        })
+    };
+    let segments: Vec<&str> = path.split('/').collect();
+    let mut pod: Option<(usize, String)> = None;
+    for (i, seg) in segments.iter().enumerate() {
+        if let Some(uid) = find_pod_uid(seg) {
+            if let Some((_, first)) = &pod
+                && *first != uid
+            {
+                return nested(format!("pods {first} and {uid}"));
+            }
+            pod = Some((i, uid));
+        }
+    }
+    let Some((pod_idx, _)) = pod else {
+        return Ok(());
+    };
+    let ids: Vec<&str> = segments[pod_idx..]
+        .iter()
+        .filter_map(|seg| find_container_id(seg).map(|(s, e)| &seg[s..e]))
+        .collect();
+    if let [first, .., last] = ids.as_slice() {
+        return nested(format!("container {last} below container {first}"));
+    }
+    Ok(())
 }
 
 /// Go regexp `\w`: ASCII letters, digits and underscore.
@@ -499,6 +549,58 @@ mod tests {
     fn paths_may_contain_colons() {
         let text = format!("0::/kubepods-besteffort-pod{UID_}.slice:cri-containerd:{CID}\n");
         assert_eq!(locate_cgroup_file(&text), Ok(both(UID, CID)));
+    }
+
+    #[test]
+    fn nested_pod_or_container_paths_are_refused() {
+        let a = "6a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+        let b = "11111111-2222-4333-8444-555555555555";
+        let (ia, ib) = ("a".repeat(64), "b".repeat(64));
+        let ua = a.replace('-', "_");
+        let ub = b.replace('-', "_");
+        for (path, reason) in [
+            (
+                format!("/kubepods/burstable/pod{a}/{ia}/kubepods/burstable/pod{b}/{ib}"),
+                format!("pods {a} and {b}"),
+            ),
+            (
+                format!(
+                    "/kubepods.slice/kubepods-pod{ua}.slice/cri-containerd-{ia}.scope/kubepods-pod{ub}.slice/cri-containerd-{ib}.scope"
+                ),
+                format!("pods {a} and {b}"),
+            ),
+            (
+                format!("/kubepods/burstable/pod{a}/{ia}/{ib}"),
+                format!("container {ib} below container {ia}"),
+            ),
+        ] {
+            let e = check_not_nested(&path).unwrap_err();
+            assert_eq!(
+                e,
+                LocatorError::Nested {
+                    path: path.clone(),
+                    reason
+                }
+            );
+            assert_eq!(Status::from(e).code, Code::FailedPrecondition);
+            let file = format!("0::{path}\n");
+            assert!(matches!(
+                locate_cgroup_file(&file),
+                Err(LocatorError::Nested { .. })
+            ));
+        }
+        // What kubelets and runtimes do create stays allowed.
+        for path in [
+            format!("/kubepods/burstable/pod{a}/{ia}"),
+            format!("/kubepods/burstable/pod{a}/{ia}/init.scope"),
+            format!("/docker/{ib}/kubepods/burstable/pod{a}/{ia}"),
+            format!("/kubepods.slice/kubepods-pod{ua}.slice/cri-containerd-{ia}.scope"),
+            format!("/kubepods/pod{a}/pod{a}/{ia}"),
+            format!("/machine.slice/crio-{ia}.scope"),
+            "/".to_string(),
+        ] {
+            assert_eq!(check_not_nested(&path), Ok(()), "{path}");
+        }
     }
 
     #[test]

@@ -6,6 +6,9 @@
 mod bench;
 mod build_ebpf;
 mod demo;
+mod deny;
+mod fuzz;
+mod pid_reuse;
 mod setup;
 mod test;
 mod util;
@@ -36,6 +39,12 @@ enum Command {
     Demo,
     /// Run the benchmarks and print the figures recorded in BENCHMARKS.md.
     Bench(bench::Options),
+    /// Replay the committed fuzz corpus (stable test; --libfuzzer for the real fuzz binaries).
+    FuzzReplay(fuzz::Options),
+    /// The long PID-reuse stress run (100,000 attestations by default).
+    PidReuse(pid_reuse::Options),
+    /// cargo deny: licenses, duplicate crates, sources (deny.toml); installs cargo-deny.
+    Deny(deny::Options),
     /// Kernel-facing tests in qemu (TCG) on Debian's 5.10, 6.1 (+ BPF LSM off) and 6.12.
     VmTest(vm::Options),
 }
@@ -49,6 +58,9 @@ fn main() {
         Command::Demo => demo::run(),
         Command::Bench(opts) => bench::run(&opts),
         Command::VmTest(opts) => vm::run(&opts),
+        Command::FuzzReplay(opts) => fuzz::run(&opts),
+        Command::Deny(opts) => deny::run(&opts),
+        Command::PidReuse(opts) => pid_reuse::run(&opts),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

@@ -3,7 +3,7 @@
 use anyhow::{Result, bail};
 
 use crate::util::{self, cargo, exec};
-use crate::{build_ebpf, setup, vm};
+use crate::{build_ebpf, deny, setup, vm};
 
 #[derive(clap::Args, Default)]
 pub struct Options {
@@ -31,6 +31,9 @@ pub fn run(opts: &Options) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // Supply chain: licenses, duplicate crates, sources (offline; see xtask/src/deny.rs).
+    deny::run(&deny::Options::default())?;
+    // Includes tests/tests/fuzz_corpus.rs, the corpus replay (`cargo xtask fuzz-replay`).
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--"]).args(&opts.args);
     exec(&mut cmd)?;

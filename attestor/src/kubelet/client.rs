@@ -17,7 +17,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, HeaderValue, USER_AGENT};
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
@@ -362,9 +362,15 @@ impl KubeletClient {
 
         let status = response.status();
         if status != StatusCode::OK {
-            let preview = read_body(&self.url, response.into_body(), ERROR_BODY_PREVIEW, false)
-                .await
-                .unwrap_or_default();
+            let preview = read_body(
+                &self.url,
+                response.into_body(),
+                ERROR_BODY_PREVIEW,
+                None,
+                false,
+            )
+            .await
+            .unwrap_or_default();
             return Err(KubeletError::Status {
                 code: status.as_u16(),
                 body: String::from_utf8_lossy(&preview).trim().to_owned(),
@@ -380,7 +386,7 @@ impl KubeletClient {
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(KubeletError::TooLarge { limit });
         }
-        read_body(&self.url, response.into_body(), limit, true).await
+        read_body(&self.url, response.into_body(), limit, declared, true).await
     }
 
     fn token_path(&self) -> &Path {
@@ -393,13 +399,20 @@ impl KubeletClient {
 
 /// Read at most `limit` bytes. With `strict`, more than `limit` is [`KubeletError::TooLarge`];
 /// without, the body is cut at `limit` (error previews).
+///
+/// Memory: with a declared length (≤ `limit`) the buffer is allocated once at that size.
+/// Without one (chunked answers) it grows geometrically but never beyond `limit`, so the
+/// most held at once is one buffer of at most `limit` bytes plus, during a growth step, the
+/// previous one (at most `limit` again): a hostile answer costs at most 2 × `limit`.
 async fn read_body(
     url: &str,
     mut body: hyper::body::Incoming,
     limit: usize,
+    declared: Option<u64>,
     strict: bool,
 ) -> Result<Bytes, KubeletError> {
-    let mut buf = BytesMut::new();
+    let initial = declared.map_or(0, |n| usize::try_from(n).unwrap_or(limit).min(limit));
+    let mut buf: Vec<u8> = Vec::with_capacity(initial);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| KubeletError::Body {
             url: url.to_owned(),
@@ -416,9 +429,15 @@ async fn read_body(
             buf.extend_from_slice(&data[..room]);
             break;
         }
+        let needed = buf.len() + data.len();
+        if needed > buf.capacity() {
+            // Double, but never past the limit (Vec's own growth could overshoot it).
+            let target = needed.max(buf.capacity().saturating_mul(2)).min(limit);
+            buf.reserve_exact(target - buf.len());
+        }
         buf.extend_from_slice(&data);
     }
-    Ok(buf.freeze())
+    Ok(Bytes::from(buf))
 }
 
 /// `Display` of an error and all its sources, `: `-separated (hyper's top-level messages

@@ -85,7 +85,54 @@ pub enum Fault {
     /// Headers announcing the full body, half of it, then the connection is aborted
     /// (RST: sockets are set to zero linger).
     ResetMidBody,
+    /// Read the request, then send nothing at all (no status line) until the client
+    /// gives up and closes the connection.
+    Hang,
+    /// Answer normally once the gate is opened ([`Gate::open`]): keeps a request in flight
+    /// until the test has done something (e.g. let the attested process exit).
+    Hold(Gate),
+    /// 200 and Content-Length, then the body `chunk` bytes at a time, one chunk per `every`.
+    SlowDrip { chunk: usize, every: Duration },
+    /// 200 with a JSON object of exactly `bytes` bytes, generated while it is sent: the
+    /// simulator holds one 64 KiB chunk, never the body, so a 1 GiB answer costs it no
+    /// memory. `declare_length` sends Content-Length; without it the body is chunked and the
+    /// client learns the size only by reading.
+    Huge { bytes: u64, declare_length: bool },
 }
+
+/// A latch for [`Fault::Hold`]: closed when created, opened once for good.
+#[derive(Debug, Clone)]
+pub struct Gate(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Gate {
+    pub fn new() -> Gate {
+        Gate(Arc::new(tokio::sync::watch::Sender::new(false)))
+    }
+
+    /// Lets every held request (and any later one) answer.
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    async fn wait(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|open| *open).await;
+    }
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate::new()
+    }
+}
+
+impl PartialEq for Gate {
+    fn eq(&self, other: &Gate) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Gate {}
 
 /// A change applied once the simulator has answered a number of requests.
 #[derive(Debug, Clone)]
@@ -191,6 +238,8 @@ struct Shared {
     connections: AtomicU64,
     handshake_failures: AtomicU64,
     tls: bool,
+    /// Answer new connections with plaintext instead of a TLS handshake.
+    break_tls: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -348,6 +397,7 @@ impl KubeletSimBuilder {
             connections: AtomicU64::new(0),
             handshake_failures: AtomicU64::new(0),
             tls: self.tls,
+            break_tls: std::sync::atomic::AtomicBool::new(false),
         });
         let task = tokio::spawn(accept_loop(listener, shared.clone()));
         Ok(KubeletSim { addr, shared, task })
@@ -402,8 +452,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
-                // Abort (RST) rather than FIN when a connection is dropped mid-answer.
-                let _ = stream.set_zero_linger();
+                let break_tls = shared.tls && shared.break_tls.load(Ordering::SeqCst);
+                if !break_tls {
+                    // Abort (RST) rather than FIN when a connection is dropped mid-answer.
+                    let _ = stream.set_zero_linger();
+                }
                 shared.connections.fetch_add(1, Ordering::SeqCst);
                 let shared = shared.clone();
                 let acceptor = shared
@@ -412,6 +465,25 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     .unwrap_or_else(|e| e.into_inner())
                     .clone();
                 conns.spawn(async move {
+                    if break_tls {
+                        // Read the client hello, answer in plaintext (not a server hello) and
+                        // close gracefully: the client's handshake fails on what it reads.
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut stream = stream;
+                        let mut hello = [0u8; 4096];
+                        let _ = stream.read(&mut hello).await;
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
+                            .await;
+                        let _ = stream.shutdown().await;
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(1),
+                            stream.read(&mut hello),
+                        )
+                        .await;
+                        shared.handshake_failures.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
                     match acceptor {
                         None => serve(TokioIo::new(stream), shared, false).await,
                         Some(acceptor) => match acceptor.accept(stream).await {
@@ -529,6 +601,21 @@ async fn handle(
             delay = Some(d);
             SimBody::full(body)
         }
+        Some(Fault::Hang) => std::future::pending().await,
+        Some(Fault::Hold(gate)) => {
+            gate.wait().await;
+            SimBody::full(body)
+        }
+        Some(Fault::SlowDrip { chunk, every }) => {
+            let mut b = SimBody::chunked(body.clone(), chunk.max(1));
+            b.exact = Some(body.len() as u64);
+            b.drip = Some(every);
+            b
+        }
+        Some(Fault::Huge {
+            bytes,
+            declare_length,
+        }) => SimBody::huge(bytes, declare_length),
         Some(Fault::Status(code, text_body)) => return Ok(text(code, &text_body)),
         Some(Fault::Truncated) => SimBody::full(body.slice(..body.len() / 2)),
         Some(Fault::Malformed) => {
@@ -569,6 +656,12 @@ pub struct SimBody {
     pause: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Request start, to record the serve time once the last chunk is handed over.
     done: Option<(Instant, Arc<Shared>)>,
+    /// Wait this long before each chunk ([`Fault::SlowDrip`]).
+    drip: Option<Duration>,
+    /// Bytes still to generate from `filler`, then `tail` ([`Fault::Huge`]).
+    generate: u64,
+    filler: Bytes,
+    tail: Option<Bytes>,
 }
 
 /// Bodies go out in pieces of this size, so that hyper asks for the last piece only
@@ -596,7 +689,25 @@ impl SimBody {
             abort: false,
             pause: None,
             done: None,
+            drip: None,
+            generate: 0,
+            filler: Bytes::new(),
+            tail: None,
         }
+    }
+
+    /// `{"kind":"PodList","items":[],"padding":"xxx…"}` of exactly `bytes` bytes (at least
+    /// the JSON around the padding).
+    fn huge(bytes: u64, declare_length: bool) -> SimBody {
+        let head = Bytes::from_static(b"{\"kind\":\"PodList\",\"items\":[],\"padding\":\"");
+        let tail = Bytes::from_static(b"\"}");
+        let fixed = (head.len() + tail.len()) as u64;
+        let mut body = SimBody::chunked(head, CHUNK);
+        body.generate = bytes.saturating_sub(fixed);
+        body.filler = Bytes::from(vec![b'x'; CHUNK]);
+        body.tail = Some(tail);
+        body.exact = declare_length.then_some(bytes.max(fixed));
+        body
     }
 
     fn reset_mid_body(b: Bytes) -> SimBody {
@@ -608,6 +719,10 @@ impl SimBody {
             // anything still queued.
             pause: Some(Box::pin(tokio::time::sleep(Duration::from_millis(50)))),
             done: None,
+            drip: None,
+            generate: 0,
+            filler: Bytes::new(),
+            tail: None,
         }
     }
 }
@@ -620,11 +735,35 @@ impl Body for SimBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        if self.chunks.is_empty() && self.generate > 0 {
+            let n = self.generate.min(self.filler.len() as u64) as usize;
+            self.generate -= n as u64;
+            let c = self.filler.slice(..n);
+            self.chunks.push_back(c);
+        }
+        if self.chunks.is_empty()
+            && let Some(t) = self.tail.take()
+        {
+            self.chunks.push_back(t);
+        }
+        if let Some(every) = self.drip
+            && !self.chunks.is_empty()
+        {
+            let p = self
+                .pause
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(every)));
+            if p.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.pause = None;
+        }
         if let Some(c) = self.chunks.pop_front() {
             // hyper stops polling once Content-Length bytes were handed over, so the
             // serve time is taken when the last chunk leaves.
             if self.chunks.is_empty()
                 && !self.abort
+                && self.generate == 0
+                && self.tail.is_none()
                 && let Some((start, shared)) = self.done.take()
             {
                 shared.lock().serving.push(start.elapsed());
@@ -647,7 +786,7 @@ impl Body for SimBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.chunks.is_empty() && !self.abort
+        self.chunks.is_empty() && !self.abort && self.generate == 0 && self.tail.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -859,5 +998,11 @@ impl KubeletSim {
 
     pub fn set_forbid_authenticated(&self, on: bool) {
         self.shared.lock().forbid_authenticated = on;
+    }
+
+    /// Answer connections accepted from now on with plaintext HTTP instead of a TLS server
+    /// hello, so every TLS handshake fails (counted in [`Self::handshake_failures`]).
+    pub fn set_break_tls(&self, on: bool) {
+        self.shared.break_tls.store(on, Ordering::SeqCst);
     }
 }
