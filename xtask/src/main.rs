@@ -10,6 +10,7 @@ mod deny;
 mod fuzz;
 mod pid_reuse;
 mod setup;
+mod soak;
 mod test;
 mod util;
 mod vm;
@@ -45,6 +46,8 @@ enum Command {
     PidReuse(pid_reuse::Options),
     /// cargo deny: licenses, duplicate crates, sources (deny.toml); installs cargo-deny.
     Deny(deny::Options),
+    /// 1,000 concurrent attestations through the plugin for 10 minutes (CI runs 30 s).
+    Soak(soak::Options),
     /// Kernel-facing tests in qemu (TCG) on Debian's 5.10, 6.1 (+ BPF LSM off) and 6.12.
     VmTest(vm::Options),
 }
@@ -58,6 +61,7 @@ fn main() {
         Command::Demo => demo::run(),
         Command::Bench(opts) => bench::run(&opts),
         Command::VmTest(opts) => vm::run(&opts),
+        Command::Soak(opts) => soak::run(&opts),
         Command::FuzzReplay(opts) => fuzz::run(&opts),
         Command::Deny(opts) => deny::run(&opts),
         Command::PidReuse(opts) => pid_reuse::run(&opts),
