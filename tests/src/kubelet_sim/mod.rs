@@ -469,6 +469,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                         // Read the client hello, answer in plaintext (not a server hello) and
                         // close gracefully: the client's handshake fails on what it reads.
                         use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        // Counted before the client can see the failure.
+                        shared.handshake_failures.fetch_add(1, Ordering::SeqCst);
                         let mut stream = stream;
                         let mut hello = [0u8; 4096];
                         let _ = stream.read(&mut hello).await;
@@ -481,7 +483,6 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                             stream.read(&mut hello),
                         )
                         .await;
-                        shared.handshake_failures.fetch_add(1, Ordering::SeqCst);
                         return;
                     }
                     match acceptor {
