@@ -70,11 +70,15 @@ fn process_started_after_the_tracker_is_recorded_at_exec() {
         .container(Layout::SystemdContainerd, POD, CID_A)
         .expect("container cgroup");
     let pid = sleeper(&dir);
-    // The exec tracepoint has run once /proc shows the new program.
-    wait_for(Duration::from_secs(5), || {
-        (comm(pid).as_deref() == Some("sleep")).then_some(())
+    // /proc shows the new comm a moment before sched_process_exec fires (the comm is set in
+    // begin_new_exec, the tracepoint after the binary loaded): wait for the exec entry.
+    let entry = wait_for(Duration::from_secs(5), || {
+        tracker
+            .map_entry(pid as u32)
+            .filter(|e| e.origin == origin::EXEC)
     })
-    .expect("child exec'd sleep");
+    .expect("the exec tracepoint wrote the entry");
+    assert_eq!(entry.cgroup_id, cgroup_id(&dir));
     let source = assert_resolves_to(&tracker, &sandbox, pid, &dir);
     assert_eq!(source, Source::Ebpf(EntryOrigin::Exec));
     kill_and_reap(pid);
