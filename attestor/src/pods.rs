@@ -338,8 +338,8 @@ pub struct ContainerStatus {
 mod tests {
     use super::*;
 
-    const CID: &str = "9bca8d63d5fa610783847915bcff0ecac1273e5b4bed3f6fa1b07350e0135961";
-    const UID: &str = "2c48913c-b29f-11e7-9350-020968147796";
+    const CID: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    const UID: &str = "4f1e2d3c-5b6a-4789-9abc-def012345678";
 
     fn target(uid: Option<&str>) -> ContainerRef {
         ContainerRef {
