@@ -9,18 +9,8 @@ use attestor::cgroupfs::CgroupFs;
 use attestor::sandbox::{Layout, Sandbox};
 use attestor::tracker::spawn_into_cgroup;
 
-fn is_root() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let root = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(2))
-        == Some("0");
-    if !root && std::env::var_os("CI").is_some() {
-        panic!("this test needs root; CI runs as root");
-    }
-    root
-}
+mod common;
+use common::is_root;
 
 #[test]
 fn the_ebpf_tracker_pins_no_map_or_program() {

@@ -7,18 +7,8 @@ use attestor::cgroupfs::CgroupFs;
 use attestor::sandbox::{Layout, Sandbox};
 use attestor::tracker::spawn_into_cgroup;
 
-fn is_root() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let root = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(2))
-        == Some("0");
-    if !root && std::env::var_os("CI").is_some() {
-        panic!("this test needs root; CI runs as root");
-    }
-    root
-}
+mod common;
+use common::is_root;
 
 fn resolve_with_caps(caps: &str, pid: i32, tracker: &str) -> (bool, serde_json::Value) {
     let out = Command::new("setpriv")

@@ -103,3 +103,40 @@ pub fn reap(pid: i32) {
     // SAFETY: `status` is a valid out-pointer.
     unsafe { libc::waitpid(pid, &mut status, 0) };
 }
+
+/// The `attestor` binary next to the running test's executable (`cargo test` builds it;
+/// in the VM guests it is `/t/attestor` beside `/t/deps/<test>`).
+pub fn attestor_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("attestor");
+    assert!(
+        bin.is_file(),
+        "{} not built (cargo test builds it)",
+        bin.display()
+    );
+    bin
+}
+
+/// The unix socket named by a go-plugin handshake line `1|1|unix|<path>|grpc|`.
+pub fn handshake_socket(line: &str) -> String {
+    line.strip_prefix("1|1|unix|")
+        .and_then(|r| r.strip_suffix("|grpc|\n"))
+        .unwrap_or_else(|| panic!("not a unix-socket handshake line: {line:?}"))
+        .to_string()
+}
+
+/// A gRPC channel to a plugin's unix socket (h2c), as go-plugin dials it.
+pub async fn plugin_channel(socket: String) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_static("http://plugin")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let socket = socket.clone();
+            async move {
+                tokio::net::UnixStream::connect(socket)
+                    .await
+                    .map(hyper_util::rt::TokioIo::new)
+            }
+        }))
+        .await
+        .expect("connect to the plugin's socket")
+}

@@ -4,7 +4,6 @@
 //! the pods each test creates.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +20,7 @@ use attestor_tests::kubelet_sim::{
     ContainerKind, KubeletSim, PodBuilder, Runtime, TestCa, Validity, generate_pods,
 };
 use attestor_tests::tempdir::TempDir;
-use attestor_tests::{comm, kill_and_reap, require_root, wait_for};
+use attestor_tests::{attestor_bin, comm, kill_and_reap, require_root, wait_for};
 
 const TOKEN: &str = "live-test-token-5f0c";
 fn tracker() -> Arc<Tracker> {
@@ -405,19 +404,6 @@ async fn a_thousand_concurrent_attestations_share_kubelet_requests() {
         "no hidden retries below the fetcher"
     );
     kill_and_reap(pid);
-}
-
-/// The `attestor` binary next to this test's executable (built by `cargo test`).
-fn attestor_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("attestor");
-    assert!(
-        bin.is_file(),
-        "{} not built (cargo test builds it)",
-        bin.display()
-    );
-    bin
 }
 
 #[tokio::test]

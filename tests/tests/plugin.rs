@@ -18,7 +18,7 @@ use attestor::tracker::spawn_into_cgroup;
 use attestor_tests::cart::{POD_UID, app_hex, cart_pod, expected_app_selectors};
 use attestor_tests::kubelet_sim::{KubeletSim, generate_pods};
 use attestor_tests::tempdir::TempDir;
-use attestor_tests::{cgroup_id, comm, kill_and_reap, require_root, wait_for};
+use attestor_tests::{attestor_bin, cgroup_id, comm, kill_and_reap, require_root, wait_for};
 use serde_json::{Value, json};
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_attestor-test-plugin");
@@ -222,19 +222,6 @@ fn expected(sandbox: &Sandbox, dir: &Path) -> Vec<String> {
         format!("cgroup-path:{}", sandbox.hierarchy_path(dir)),
         format!("cgroup-id:{}", cgroup_id(dir)),
     ]
-}
-
-/// The `attestor` binary next to this test's executable (`cargo test` builds it).
-fn attestor_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("attestor");
-    assert!(
-        bin.is_file(),
-        "{} not built (cargo test builds it)",
-        bin.display()
-    );
-    bin
 }
 
 /// The kubelet simulator on its own runtime (these tests are synchronous), serving the cart
@@ -946,27 +933,13 @@ fn stdio_stream_stays_open_until_shutdown_and_health_is_serving() {
     BufReader::new(child.stdout.take().expect("stdout"))
         .read_line(&mut line)
         .expect("handshake");
-    let socket = line
-        .strip_prefix("1|1|unix|")
-        .and_then(|r| r.strip_suffix("|grpc|\n"))
-        .unwrap_or_else(|| panic!("{line:?}"))
-        .to_string();
+    let socket = attestor_tests::handshake_socket(&line);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let channel = tonic::transport::Endpoint::from_static("http://unused")
-            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                let socket = socket.clone();
-                async move {
-                    tokio::net::UnixStream::connect(socket)
-                        .await
-                        .map(hyper_util::rt::TokioIo::new)
-                }
-            }))
-            .await
-            .expect("connect");
+        let channel = attestor_tests::plugin_channel(socket).await;
         let mut health = HealthClient::new(channel.clone());
         for service in ["plugin", ""] {
             let r = health

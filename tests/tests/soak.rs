@@ -8,7 +8,6 @@
 //! window so stability can be read off (not asserted: no timing asserts in tests).
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,16 +24,10 @@ use attestor::tracker::spawn_into_cgroup;
 use attestor_tests::cart::{POD_UID, app_hex, cart_pod, expected_app_selectors};
 use attestor_tests::kubelet_sim::{KubeletSim, generate_pods};
 use attestor_tests::tempdir::TempDir;
-use attestor_tests::{comm, kill_and_reap, require_root, wait_for};
+use attestor_tests::{attestor_bin, comm, kill_and_reap, require_root, wait_for};
 
 const TOKEN: &str = "soak-token";
 const CONCURRENCY: usize = 1000;
-
-fn attestor_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    dir.join("attestor")
-}
 
 /// (open fds, VmRSS KiB) of a process.
 fn sample(pid: u32) -> (usize, u64) {
@@ -67,11 +60,6 @@ async fn thousand_concurrent_attestations_through_the_plugin_without_growth() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(30);
     let bin = attestor_bin();
-    assert!(
-        bin.is_file(),
-        "{} not built (cargo test builds it)",
-        bin.display()
-    );
 
     let mut pods = generate_pods(60, "node-1", 33);
     pods.push(cart_pod(true).build());
@@ -118,22 +106,7 @@ async fn thousand_concurrent_attestations_through_the_plugin_without_growth() {
     BufReader::new(plugin.stdout.take().expect("stdout"))
         .read_line(&mut line)
         .expect("handshake");
-    let socket = line
-        .strip_prefix("1|1|unix|")
-        .and_then(|r| r.strip_suffix("|grpc|\n"))
-        .unwrap_or_else(|| panic!("handshake {line:?}"))
-        .to_string();
-    let channel = tonic::transport::Endpoint::from_static("http://plugin")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let socket = socket.clone();
-            async move {
-                tokio::net::UnixStream::connect(socket)
-                    .await
-                    .map(hyper_util::rt::TokioIo::new)
-            }
-        }))
-        .await
-        .expect("connect to the plugin");
+    let channel = attestor_tests::plugin_channel(attestor_tests::handshake_socket(&line)).await;
     ConfigClient::new(channel.clone())
         .configure(ConfigureRequest {
             core_configuration: None,
