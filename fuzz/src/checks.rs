@@ -147,3 +147,359 @@ pub fn pods(data: &[u8]) {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The plugin's message handling.
+
+use attestor::cli::plugin::K8s;
+use attestor::plugin::in_process::{InProcess, Reply, frame};
+use attestor::plugin::proto::config::{ConfigureRequest, ValidateRequest, ValidateResponse};
+use attestor::plugin::proto::init::{InitRequest, InitResponse};
+use attestor::plugin::proto::workloadattestor::{AttestRequest, AttestResponse};
+use attestor::plugin::{CONFIG_SERVICE, WORKLOAD_ATTESTOR_SERVICE};
+use attestor::tracker::{StartError, Tracker, TrackerMode, TrackerOptions};
+use prost::Message as _;
+
+/// The unary methods an agent (or anything that reaches the socket) can call, by op code.
+pub const PLUGIN_METHODS: [&str; 8] = [
+    "/spire.service.private.init.v1.Init/Init",
+    "/spire.service.private.init.v1.Init/Deinit",
+    "/spire.service.common.config.v1.Config/Configure",
+    "/spire.service.common.config.v1.Config/Validate",
+    "/spire.plugin.agent.workloadattestor.v1.WorkloadAttestor/Attest",
+    "/plugin.GRPCController/Shutdown",
+    "/grpc.health.v1.Health/Check",
+    // SPIRE 1.15.2+'s broker-based call: not implemented, the agent falls back to Attest.
+    "/spire.plugin.agent.workloadattestor.v1.WorkloadAttestor/AttestReference",
+];
+pub const OP_INIT: u8 = 0;
+pub const OP_DEINIT: u8 = 1;
+pub const OP_CONFIGURE: u8 = 2;
+pub const OP_VALIDATE: u8 = 3;
+pub const OP_ATTEST: u8 = 4;
+pub const OP_SHUTDOWN: u8 = 5;
+pub const OP_HEALTH: u8 = 6;
+pub const OP_UNIMPLEMENTED: u8 = 7;
+/// Op flag: the record's bytes are the raw gRPC body (framing fuzzed too), not a payload.
+pub const OP_RAW: u8 = 0x80;
+/// Calls per input: enough for Init → Configure → Attest → reconfigure → Deinit → Attest.
+const MAX_CALLS: usize = 24;
+/// No call but Attest may take long (Attest may wait on a kubelet if the PID happens to
+/// be in a pod); a Configure or Validate that does is a finding.
+const CALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `grpc.health.v1.HealthCheckRequest` / `HealthCheckResponse` (one field each).
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthCheckRequest {
+    #[prost(string, tag = "1")]
+    service: String,
+}
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthCheckResponse {
+    #[prost(int32, tag = "1")]
+    status: i32,
+}
+
+/// One record of a plugin input: `[op][len: u16 LE][len bytes]`.
+pub fn plugin_record(op: u8, bytes: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
+    let mut out = vec![op];
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&bytes[..usize::from(len)]);
+    out
+}
+
+/// Input: up to 24 records `[op][len: u16 LE][bytes]`, sent in order to one fresh plugin
+/// server (the binary's `K8s` attestor with the `/proc` tracker) through the tonic routes
+/// the binary serves. Op bits 0–2 pick the method ([`PLUGIN_METHODS`]); without
+/// [`OP_RAW`] the bytes are the protobuf message and are framed here. Every reply is
+/// checked against a model of the plugin: Validate/Configure agree with `Config::parse`,
+/// Attest answers `FailedPrecondition` exactly when no Configure has succeeded since the
+/// last Deinit, bad frames and messages are errors, and no handler ever panics.
+pub fn plugin(data: &[u8]) {
+    plugin_transcript(data);
+}
+
+/// [`plugin`], returning each call's method and gRPC code (`None`: an Attest dropped at the
+/// deadline, as an agent giving up would).
+pub fn plugin_transcript(data: &[u8]) -> Vec<(u8, Option<i32>)> {
+    plugin_runtime().block_on(plugin_session(data))
+}
+
+fn plugin_runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(4)
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+    })
+}
+
+/// Trackers forced to `/proc`: a Configure must not load eBPF programs thousands of times a
+/// second (the eBPF tracker has its own tests on real kernels).
+fn procfs_tracker(opts: &TrackerOptions) -> Result<Tracker, StartError> {
+    Tracker::start(&TrackerOptions {
+        mode: TrackerMode::Procfs,
+        ..opts.clone()
+    })
+}
+
+async fn plugin_session(data: &[u8]) -> Vec<(u8, Option<i32>)> {
+    let mut transcript = Vec::new();
+    let k8s = K8s::with_tracker_start(procfs_tracker).expect("the /proc tracker starts");
+    let server = InProcess::new(k8s).await;
+    // Model: whether Attest may run (a Configure succeeded since the start or last Deinit).
+    let mut configured = false;
+    let mut rest = data;
+    for _ in 0..MAX_CALLS {
+        let Some((&op, tail)) = rest.split_first() else {
+            break;
+        };
+        let len = match tail {
+            [a, b, ..] => usize::from(u16::from_le_bytes([*a, *b])),
+            _ => 0,
+        };
+        let tail = tail.get(2..).unwrap_or_default();
+        let (bytes, next) = tail.split_at(len.min(tail.len()));
+        rest = next;
+
+        let method = op & 7;
+        let path = PLUGIN_METHODS[usize::from(method)];
+        let body = if op & OP_RAW != 0 {
+            bytes::Bytes::copy_from_slice(bytes)
+        } else {
+            frame(bytes)
+        };
+        let request = first_frame(&body);
+        let exact = attestor::plugin::in_process::unframe(&body).is_some();
+        let Ok(reply) = tokio::time::timeout(CALL_DEADLINE, server.call(path, body)).await else {
+            // Dropping an Attest is the agent giving up: a real path, not a finding.
+            assert_eq!(method, OP_ATTEST, "{path} hung");
+            transcript.push((method, None));
+            continue;
+        };
+        check_plugin_reply(
+            path,
+            method,
+            request.as_deref(),
+            exact,
+            &reply,
+            &mut configured,
+        );
+        transcript.push((method, reply.grpc_status));
+    }
+    server.finish().await.expect("deinit at exit");
+    transcript
+}
+
+/// The payload of the body's first frame, if it is complete and uncompressed: what tonic
+/// decodes for a unary call.
+fn first_frame(body: &[u8]) -> Option<Vec<u8>> {
+    let (&flag, rest) = body.split_first()?;
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let payload = rest.get(4..)?.get(..len)?;
+    (flag == 0).then(|| payload.to_vec())
+}
+
+/// `grpc-message` is percent-encoded on the wire.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn check_plugin_reply(
+    path: &str,
+    method: u8,
+    request: Option<&[u8]>,
+    exact: bool,
+    reply: &Reply,
+    configured: &mut bool,
+) {
+    // gRPC codes.
+    const OK: i32 = 0;
+    const INVALID_ARGUMENT: i32 = 3;
+    const DEADLINE_EXCEEDED: i32 = 4;
+    const NOT_FOUND: i32 = 5;
+    const FAILED_PRECONDITION: i32 = 9;
+    const UNIMPLEMENTED: i32 = 12;
+    const UNAVAILABLE: i32 = 14;
+
+    assert_eq!(reply.http_status, 200, "{path}: {reply:?}");
+    let code = reply
+        .grpc_status
+        .unwrap_or_else(|| panic!("{path}: no grpc-status: {reply:?}"));
+    let message = percent_decode(&reply.grpc_message);
+    assert!(!message.contains("panicked"), "{path}: {message}");
+    if code == OK {
+        assert!(
+            reply.message().is_some(),
+            "{path}: OK without one response frame"
+        );
+    } else {
+        assert!(
+            reply.body.is_empty(),
+            "{path}: an error with a body: {reply:?}"
+        );
+    }
+    if method == OP_UNIMPLEMENTED {
+        assert_eq!(code, UNIMPLEMENTED, "{path}: {message}");
+        return;
+    }
+    // A body tonic cannot frame or decode never reaches a handler.
+    let Some(request) = request else {
+        assert_ne!(
+            code, OK,
+            "{path}: a body without a complete frame was accepted"
+        );
+        return;
+    };
+    // More than one frame, or trailing bytes: tonic reads the whole body before the handler
+    // runs, and may refuse it then. If it does not, the handler saw the first frame.
+    if !exact && code != OK {
+        return;
+    }
+    let response = reply.message().unwrap_or_default();
+    match method {
+        OP_INIT => {
+            if InitRequest::decode(request).is_err() {
+                assert_ne!(code, OK, "{path}: undecodable request accepted");
+                return;
+            }
+            assert_eq!(code, OK, "{path}: {message}");
+            let names = InitResponse::decode(response)
+                .expect("InitResponse")
+                .plugin_service_names;
+            assert_eq!(names, [WORKLOAD_ATTESTOR_SERVICE, CONFIG_SERVICE]);
+        }
+        OP_DEINIT => {
+            // DeinitRequest has no fields: any well-formed protobuf decodes.
+            if code == OK {
+                *configured = false;
+            } else {
+                assert!(
+                    attestor::plugin::proto::init::DeinitRequest::decode(request).is_err(),
+                    "{path}: {message}"
+                );
+            }
+        }
+        OP_CONFIGURE => {
+            let Ok(req) = ConfigureRequest::decode(request) else {
+                assert_ne!(code, OK, "{path}: undecodable request accepted");
+                return;
+            };
+            match Config::parse(&req.hcl_configuration) {
+                Err(errors) => {
+                    assert_eq!(code, INVALID_ARGUMENT, "{path}: {message}");
+                    assert_eq!(message, Status::from(errors).message);
+                }
+                Ok(_) => {
+                    // A valid plugin_data may still name credential files that are missing.
+                    assert!(
+                        code == OK || code == INVALID_ARGUMENT,
+                        "{path}: {code} {message}"
+                    );
+                    if code == OK {
+                        *configured = true;
+                    }
+                }
+            }
+        }
+        OP_VALIDATE => {
+            let Ok(req) = ValidateRequest::decode(request) else {
+                assert_ne!(code, OK, "{path}: undecodable request accepted");
+                return;
+            };
+            assert_eq!(code, OK, "{path}: {message}");
+            let got = ValidateResponse::decode(response).expect("ValidateResponse");
+            match Config::parse(&req.hcl_configuration) {
+                Ok(_) => assert!(got.valid && got.notes.is_empty(), "{got:?}"),
+                Err(errors) => {
+                    assert!(!got.valid, "{got:?}");
+                    assert_eq!(got.notes, [Status::from(errors).message]);
+                }
+            }
+        }
+        OP_ATTEST => {
+            let Ok(req) = AttestRequest::decode(request) else {
+                assert_ne!(code, OK, "{path}: undecodable request accepted");
+                return;
+            };
+            if !*configured {
+                assert_eq!(code, FAILED_PRECONDITION, "{path}: {message}");
+                assert_eq!(message, "not configured");
+                return;
+            }
+            if req.pid <= 0 {
+                assert_eq!(code, INVALID_ARGUMENT, "pid {}: {message}", req.pid);
+                return;
+            }
+            // What else a PID gets depends on the machine's processes; never a panic or a
+            // bug-class error, and selectors only in the documented shape.
+            assert!(
+                [
+                    OK,
+                    INVALID_ARGUMENT,
+                    NOT_FOUND,
+                    UNAVAILABLE,
+                    DEADLINE_EXCEEDED
+                ]
+                .contains(&code),
+                "pid {}: {code} {message}",
+                req.pid
+            );
+            if code == OK {
+                let values = AttestResponse::decode(response)
+                    .expect("AttestResponse")
+                    .selector_values;
+                assert!(values.windows(2).all(|w| w[0] < w[1]), "{values:?}");
+                assert!(
+                    values
+                        .iter()
+                        .all(|v| v.contains(':') && !v.starts_with("k8s:")),
+                    "{values:?}"
+                );
+            }
+        }
+        OP_SHUTDOWN => {
+            if attestor::plugin::proto::goplugin::Empty::decode(request).is_ok() {
+                assert_eq!(code, OK, "{path}: {message}");
+            } else {
+                assert_ne!(code, OK, "{path}: undecodable request accepted");
+            }
+        }
+        OP_HEALTH => {
+            let Ok(req) = HealthCheckRequest::decode(request) else {
+                assert_ne!(code, OK, "{path}: undecodable request accepted");
+                return;
+            };
+            if req.service.is_empty() || req.service == "plugin" {
+                assert_eq!(code, OK, "{path} {:?}: {message}", req.service);
+                let status = HealthCheckResponse::decode(response).expect("HealthCheckResponse");
+                assert_eq!(status.status, 1, "SERVING");
+            } else {
+                assert_eq!(code, NOT_FOUND, "{path} {:?}: {message}", req.service);
+            }
+        }
+        _ => unreachable!("op codes are 0..8"),
+    }
+}

@@ -16,7 +16,7 @@ use anyhow::Result;
 use crate::setup::nightly_toolchain;
 use crate::util::{cargo, exec, output, workspace_root};
 
-pub const TARGETS: &[&str] = &["config", "locator", "pods"];
+pub const TARGETS: &[&str] = &["config", "locator", "pods", "plugin"];
 
 #[derive(clap::Args, Default)]
 pub struct Options {

@@ -12,7 +12,7 @@ use crate::status::Status;
 mod check_config;
 mod live;
 mod logger;
-mod plugin;
+pub mod plugin;
 mod replay;
 mod resolve;
 

@@ -14,13 +14,18 @@ use crate::attest;
 use crate::config::Config;
 use crate::plugin::{self, Attestor, CancellationToken};
 use crate::status::{Code, Status};
-use crate::tracker::{Tracker, TrackerMode, TrackerOptions};
+use crate::tracker::{StartError, Tracker, TrackerMode, TrackerOptions};
 
-struct K8s {
+/// How [`K8s`] starts a tracker for a set of options: [`Tracker::start`] in the binary.
+pub type StartTracker = fn(&TrackerOptions) -> Result<Tracker, StartError>;
+
+/// The SPIRE `k8s` WorkloadAttestor as a plugin [`Attestor`].
+pub struct K8s {
     /// The configured pipeline; `None` until the first successful Configure.
     current: RwLock<Option<Arc<attest::Attestor>>>,
     /// The tracker and the settings it was started with.
     tracker: Mutex<Option<(TrackerOptions, Arc<Tracker>)>>,
+    start_tracker: StartTracker,
 }
 
 fn same_tracker(a: &TrackerOptions, b: &TrackerOptions) -> bool {
@@ -28,10 +33,18 @@ fn same_tracker(a: &TrackerOptions, b: &TrackerOptions) -> bool {
 }
 
 impl K8s {
-    fn start() -> Result<K8s, String> {
+    /// What the binary runs: trackers as configured (eBPF unless `tracker = "procfs"`).
+    pub fn start() -> Result<K8s, String> {
+        Self::with_tracker_start(Tracker::start)
+    }
+
+    /// [`K8s::start`] with another way to start trackers. The plugin fuzz target forces
+    /// `procfs` with it, so that thousands of Configures per second do not load eBPF
+    /// programs; every other step (config, kubelet settings, the pipeline) is the binary's.
+    pub fn with_tracker_start(start_tracker: StartTracker) -> Result<K8s, String> {
         // SPIRE's defaults (`tracker = "auto"`): a Configure that keeps them reuses this.
         let opts = tracker_options(&Config::default());
-        let tracker = Tracker::start(&opts).map_err(|e| e.to_string())?;
+        let tracker = start_tracker(&opts).map_err(|e| e.to_string())?;
         match tracker.fallback_reason() {
             None => {
                 log::info!(cgroup2 = tracker.cgroupfs().mount_point().display().to_string(); "eBPF process tracker attached")
@@ -43,6 +56,7 @@ impl K8s {
         Ok(K8s {
             current: RwLock::new(None),
             tracker: Mutex::new(Some((opts, Arc::new(tracker)))),
+            start_tracker,
         })
     }
 
@@ -55,7 +69,7 @@ impl K8s {
         {
             return Ok(tracker.clone());
         }
-        let tracker = Arc::new(Tracker::start(&want).map_err(|e| {
+        let tracker = Arc::new((self.start_tracker)(&want).map_err(|e| {
             let code = if want.mode == TrackerMode::Ebpf {
                 Code::FailedPrecondition
             } else {

@@ -500,13 +500,48 @@ fn pods_url(endpoint: &Endpoint) -> String {
     }
 }
 
+/// Credential files larger than this are refused: a token is a few KiB, a CA bundle rarely
+/// 1 MiB. Without a bound, `token_path = "/dev/zero"` would eat all memory.
+pub const MAX_CREDENTIAL_FILE_BYTES: u64 = 4 << 20;
+
 fn read_file<E>(
     path: &Path,
     wrap: impl FnOnce(PathBuf, std::io::Error) -> E,
 ) -> Result<Vec<u8>, E> {
     // Small files read once a reload interval: a blocking read is cheaper than a
     // round trip to the blocking pool.
-    std::fs::read(path).map_err(|e| wrap(path.to_owned(), e))
+    read_credential_file(path).map_err(|e| wrap(path.to_owned(), e))
+}
+
+/// Reads a regular file of at most [`MAX_CREDENTIAL_FILE_BYTES`]. O_NONBLOCK so that a FIFO
+/// named by mistake is refused instead of blocking Configure forever (no effect on regular
+/// files); devices, directories and sockets are refused too.
+fn read_credential_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut data = Vec::new();
+    file.take(MAX_CREDENTIAL_FILE_BYTES + 1)
+        .read_to_end(&mut data)?;
+    if data.len() as u64 > MAX_CREDENTIAL_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "larger than {} MiB: not a credential file",
+                MAX_CREDENTIAL_FILE_BYTES >> 20
+            ),
+        ));
+    }
+    Ok(data)
 }
 
 /// Load credentials. `previous` is reused (its pool kept) when the TLS material is
@@ -694,5 +729,46 @@ mod tests {
         let err = err.unwrap_or_default();
         assert!(err.contains("/nonexistent/attestor-token"), "{err}");
         assert!(err.contains("check token_path"), "{err}");
+    }
+
+    fn token_error(path: &Path) -> String {
+        let mut s = KubeletSettings::secure(1, None);
+        s.skip_verification = true;
+        s.auth = Auth::Token { path: path.into() };
+        KubeletClient::new(s)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    /// Found while writing the plugin fuzz target: `token_path = "/dev/zero"` read forever
+    /// (all memory), a FIFO blocked Configure forever. Both are refused now.
+    #[test]
+    fn credential_files_must_be_small_regular_files() {
+        let err = token_error(Path::new("/dev/zero"));
+        assert!(err.contains("/dev/zero: not a regular file"), "{err}");
+
+        let dir = std::env::temp_dir().join(format!("attestor-cred-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        let _ = std::fs::remove_file(&fifo);
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let err = token_error(&fifo);
+        assert!(err.contains("not a regular file"), "{err}");
+
+        let err = token_error(&dir);
+        assert!(err.contains("not a regular file"), "{err}");
+
+        let big = dir.join("big");
+        std::fs::write(&big, vec![b'a'; (MAX_CREDENTIAL_FILE_BYTES + 1) as usize]).unwrap();
+        let err = token_error(&big);
+        assert!(err.contains("larger than 4 MiB"), "{err}");
+        std::fs::write(&big, vec![b'a'; MAX_CREDENTIAL_FILE_BYTES as usize]).unwrap();
+        assert_eq!(token_error(&big), "", "a 4 MiB token is accepted");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

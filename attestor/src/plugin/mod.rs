@@ -20,6 +20,7 @@
 
 pub mod handshake;
 pub mod hclog;
+pub mod in_process;
 mod metrics;
 mod mtls;
 pub mod proto;
@@ -182,31 +183,11 @@ async fn serve<A: Attestor>(
     bound: Bound,
     tls: Option<mtls::AutoMtls>,
 ) -> Result<(), String> {
-    use proto::config::config_server::ConfigServer;
-    use proto::goplugin::grpc_broker_server::GrpcBrokerServer;
-    use proto::goplugin::grpc_controller_server::GrpcControllerServer;
-    use proto::goplugin::grpc_stdio_server::GrpcStdioServer;
-    use proto::init::init_server::InitServer;
-    use proto::workloadattestor::workload_attestor_server::WorkloadAttestorServer;
-
     let shutdown = CancellationToken::new();
     watch_signals(shutdown.clone())?;
     let shared = services::Shared::new(attestor, shutdown.clone());
-    let svc = services::Services(shared.clone());
-
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status("plugin", tonic_health::ServingStatus::Serving)
-        .await;
-
     let router = tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(GrpcBrokerServer::new(svc.clone()))
-        .add_service(GrpcControllerServer::new(svc.clone()))
-        .add_service(GrpcStdioServer::new(svc.clone()))
-        .add_service(WorkloadAttestorServer::new(svc.clone()))
-        .add_service(ConfigServer::new(svc.clone()))
-        .add_service(InitServer::new(svc));
+        .add_routes(routes(services::Services(shared.clone())).await);
 
     let address = bound.address();
     let cert = tls
@@ -273,6 +254,30 @@ async fn serve<A: Attestor>(
     }
     log::debug!("plugin exiting");
     Ok(())
+}
+
+/// Every service the plugin serves, health reporting "plugin" SERVING. The server and
+/// [`in_process::InProcess`] (fuzzing, tests) share it, so both dispatch alike.
+async fn routes<A: Attestor>(svc: services::Services<A>) -> tonic::service::Routes {
+    use proto::config::config_server::ConfigServer;
+    use proto::goplugin::grpc_broker_server::GrpcBrokerServer;
+    use proto::goplugin::grpc_controller_server::GrpcControllerServer;
+    use proto::goplugin::grpc_stdio_server::GrpcStdioServer;
+    use proto::init::init_server::InitServer;
+    use proto::workloadattestor::workload_attestor_server::WorkloadAttestorServer;
+
+    // The statuses live in the service; the reporter may go.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("plugin", tonic_health::ServingStatus::Serving)
+        .await;
+    tonic::service::Routes::new(health_service)
+        .add_service(GrpcBrokerServer::new(svc.clone()))
+        .add_service(GrpcControllerServer::new(svc.clone()))
+        .add_service(GrpcStdioServer::new(svc.clone()))
+        .add_service(WorkloadAttestorServer::new(svc.clone()))
+        .add_service(ConfigServer::new(svc.clone()))
+        .add_service(InitServer::new(svc))
 }
 
 fn to_tokio_unix(l: std::os::unix::net::UnixListener) -> std::io::Result<tokio::net::UnixListener> {
