@@ -189,6 +189,28 @@ mod plugin_sessions {
         assert_eq!(got[5], Some(OK));
     }
 
+    /// Regression (found by the fuzzer, `fuzz/regressions/plugin/crash-c24fa641…`): a
+    /// Deinit before the first Configure used up the plugin's only deinit, so a later
+    /// Deinit left the new configuration in place and Attest kept answering.
+    #[test]
+    fn deinit_after_a_reconfigure_deinitializes() {
+        let me = i32::try_from(std::process::id()).expect("PIDs fit i32");
+        let got = codes(&[
+            rec(OP_DEINIT, &[]),
+            rec(OP_CONFIGURE, &configure(GOOD)),
+            rec(OP_ATTEST, &pid(me)),
+            rec(OP_DEINIT, &[]),
+            rec(OP_ATTEST, &pid(me)),
+            rec(OP_DEINIT, &[]),
+            rec(OP_CONFIGURE, &configure(GOOD)),
+            rec(OP_ATTEST, &pid(me)),
+        ]);
+        assert_eq!(
+            got,
+            [OK, OK, OK, OK, FAILED_PRECONDITION, OK, OK, OK].map(Some)
+        );
+    }
+
     /// Regression (found writing the harness): credential files are bounded regular files.
     #[test]
     fn configure_refuses_endless_credential_files() {

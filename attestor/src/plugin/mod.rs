@@ -66,8 +66,10 @@ pub trait Attestor: Send + Sync + 'static {
         cancel: CancellationToken,
     ) -> impl Future<Output = Result<Vec<String>, Status>> + Send;
 
-    /// Releases resources (Init.Deinit at unload, or at exit if the host never sent it).
-    /// Called at most once. Runs on a blocking thread.
+    /// Releases resources (Init.Deinit at unload, or at exit if the host never sent it);
+    /// afterwards `attest` is not called until a `configure` succeeds again. Called at most
+    /// once per successful `configure` (once at most if none succeeded). Runs on a blocking
+    /// thread.
     fn deinit(&self);
 }
 

@@ -45,6 +45,8 @@ pub const HOST_SERVICE_BROKER_ID: u32 = 1;
 pub struct Shared<A> {
     pub attestor: Arc<A>,
     configured: AtomicBool,
+    /// Whether deinit has run since the last successful Configure (a Configure after a
+    /// Deinit builds new state, which the next Deinit or the exit must release again).
     deinitialized: AtomicBool,
     /// Serialises Configure calls (SIGUSR1 reloads may overlap).
     configure_lock: tokio::sync::Mutex<()>,
@@ -86,7 +88,8 @@ impl<A: Attestor> Shared<A> {
         }
     }
 
-    /// Runs the attestor's deinit once (Deinit RPC, or at exit if the host never sent it).
+    /// Runs the attestor's deinit (Deinit RPC, or at exit if the host never sent it), once
+    /// per successful Configure: a second Deinit with no Configure between is a no-op.
     pub async fn deinit_once(&self) -> Result<(), Status> {
         if self.deinitialized.swap(true, Ordering::SeqCst) {
             return Ok(());
@@ -328,6 +331,8 @@ impl<A: Attestor> config_server::Config for Services<A> {
         // Never log the text: plugin_data may carry credentials.
         match blocking("Configure", move || attestor.configure(&hcl)).await {
             Ok(()) => {
+                // Re-arm deinit before Attest may run on the new state.
+                self.0.deinitialized.store(false, Ordering::SeqCst);
                 self.0.configured.store(true, Ordering::SeqCst);
                 log::info!(trust_domain = trust_domain.as_str(), plugin_data_bytes = len; "configured");
                 Ok(Response::new(ConfigureResponse {}))
