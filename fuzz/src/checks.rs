@@ -304,29 +304,6 @@ fn first_frame(body: &[u8]) -> Option<Vec<u8>> {
     (flag == 0).then(|| payload.to_vec())
 }
 
-/// `grpc-message` is percent-encoded on the wire.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = b
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok());
-        match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
-            (b'%', Some(v)) => {
-                out.push(v);
-                i += 3;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn check_plugin_reply(
     path: &str,
     method: u8,
@@ -348,7 +325,7 @@ fn check_plugin_reply(
     let code = reply
         .grpc_status
         .unwrap_or_else(|| panic!("{path}: no grpc-status: {reply:?}"));
-    let message = percent_decode(&reply.grpc_message);
+    let message = reply.grpc_message.clone();
     // A handler panic is caught and answered `Internal` with "<Op> panicked: …" (libFuzzer's
     // panic hook aborts even on caught panics; the stable replay needs this check). Our
     // error messages never start with input text, so the prefix cannot be forged.

@@ -30,7 +30,7 @@ pub struct Reply {
     /// `grpc-status` from the trailers, or the headers of a trailers-only response; `None`
     /// if neither carries it (a protocol violation).
     pub grpc_status: Option<i32>,
-    /// `grpc-message`, as sent (percent-encoded).
+    /// `grpc-message`, percent-decoded.
     pub grpc_message: String,
     /// The response body: zero or more gRPC frames.
     pub body: Bytes,
@@ -144,9 +144,11 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<i32> {
 }
 
 fn grpc_message(headers: &http::HeaderMap) -> String {
-    headers
+    let raw = headers
         .get("grpc-message")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string()
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    percent_encoding::percent_decode(raw)
+        .decode_utf8_lossy()
+        .into_owned()
 }
