@@ -159,12 +159,20 @@ async fn thousand_concurrent_attestations_through_the_plugin_without_growth() {
             }
         }));
     }
-    // Sample the plugin every window; the first window is warm-up.
+    // Sample the plugin every window; the first window is warm-up. RSS is also traced every
+    // 30 s so that a rise can be told apart: steps (allocator high-water) or a slope (leak).
     let window = Duration::from_secs((secs / 6).max(5));
+    let trace_every = Duration::from_secs(30);
     let mut samples = Vec::new();
+    let mut rss_trace = Vec::new();
     let mut last_ok = 0;
     while Instant::now() < deadline {
-        tokio::time::sleep(window.min(deadline.saturating_duration_since(Instant::now()))).await;
+        let window_end = (Instant::now() + window).min(deadline);
+        while Instant::now() < window_end {
+            let left = window_end.saturating_duration_since(Instant::now());
+            tokio::time::sleep(trace_every.min(left)).await;
+            rss_trace.push(sample(plugin_pid).1);
+        }
         let (fds, rss) = sample(plugin_pid);
         let mut lat = std::mem::take(&mut *latencies.lock().expect("lock"));
         let done = ok.load(Ordering::Relaxed);
@@ -185,6 +193,15 @@ async fn thousand_concurrent_attestations_through_the_plugin_without_growth() {
     println!(
         "{total} attestations in {secs} s by {CONCURRENCY} concurrent callers; kubelet requests {}",
         sim.request_count()
+    );
+    let trace: Vec<String> = rss_trace
+        .iter()
+        .map(|kib| format!("{:.2}", *kib as f64 / 1024.0))
+        .collect();
+    println!(
+        "plugin RSS every {} s (MiB): {}",
+        trace_every.as_secs().min(window.as_secs()),
+        trace.join(" ")
     );
     assert_eq!(
         failed.load(Ordering::Relaxed),
