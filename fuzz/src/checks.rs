@@ -152,7 +152,7 @@ pub fn pods(data: &[u8]) {
 // The plugin's message handling.
 
 use attestor::cli::plugin::K8s;
-use attestor::plugin::in_process::{InProcess, Reply, frame};
+use attestor::plugin::in_process::{InProcess, Reply, first_frame, frame};
 use attestor::plugin::proto::config::{ConfigureRequest, ValidateRequest, ValidateResponse};
 use attestor::plugin::proto::init::{InitRequest, InitResponse};
 use attestor::plugin::proto::workloadattestor::{AttestRequest, AttestResponse};
@@ -273,8 +273,10 @@ async fn plugin_session(data: &[u8]) -> Vec<(u8, Option<i32>)> {
         } else {
             frame(bytes)
         };
-        let request = first_frame(&body);
-        let exact = attestor::plugin::in_process::unframe(&body).is_some();
+        let (request, exact) = match first_frame(&body) {
+            Some((payload, rest)) => (Some(payload.to_vec()), rest.is_empty()),
+            None => (None, false),
+        };
         let Ok(reply) = tokio::time::timeout(CALL_DEADLINE, server.call(path, body)).await else {
             // Dropping an Attest is the agent giving up: a real path, not a finding.
             assert_eq!(method, OP_ATTEST, "{path} hung");
@@ -293,15 +295,6 @@ async fn plugin_session(data: &[u8]) -> Vec<(u8, Option<i32>)> {
     }
     server.finish().await.expect("deinit at exit");
     transcript
-}
-
-/// The payload of the body's first frame, if it is complete and uncompressed: what tonic
-/// decodes for a unary call.
-fn first_frame(body: &[u8]) -> Option<Vec<u8>> {
-    let (&flag, rest) = body.split_first()?;
-    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-    let payload = rest.get(4..)?.get(..len)?;
-    (flag == 0).then(|| payload.to_vec())
 }
 
 fn check_plugin_reply(

@@ -39,16 +39,20 @@ pub struct Reply {
 impl Reply {
     /// The payload of the body's only uncompressed frame, if the body is exactly that.
     pub fn message(&self) -> Option<Bytes> {
-        unframe(&self.body)
+        match first_frame(&self.body) {
+            Some((payload, [])) => Some(Bytes::copy_from_slice(payload)),
+            _ => None,
+        }
     }
 }
 
-/// `[0][u32 BE length][payload]` → payload, if `body` is exactly one uncompressed frame.
-pub fn unframe(body: &[u8]) -> Option<Bytes> {
+/// `[0][u32 BE length][payload][rest]` → (payload, rest): the first frame, if it is complete
+/// and uncompressed (what tonic decodes for a unary call).
+pub fn first_frame(body: &[u8]) -> Option<(&[u8], &[u8])> {
     let (&flag, rest) = body.split_first()?;
     let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-    let payload = rest.get(4..)?;
-    (flag == 0 && payload.len() == len).then(|| Bytes::copy_from_slice(payload))
+    let rest = rest.get(4..)?;
+    (flag == 0 && rest.len() >= len).then(|| rest.split_at(len))
 }
 
 /// payload → one uncompressed gRPC frame.
