@@ -6,8 +6,12 @@
 //! saw, for `attestor explain`.
 //!
 //! Outcomes, as SPIRE's k8s attestor (study §2–§4), plus our own for bad PIDs:
-//! * not in a pod (root cgroup, kernel thread, a cgroup path without a container ID) ⇒
-//!   success with zero selectors, and the kubelet is not called;
+//! * not in a pod (kernel thread; no container ID in the v2 cgroup path nor in any line of
+//!   `/proc/<pid>/cgroup`) ⇒ success with zero selectors, and the kubelet is not called;
+//! * the container comes from the tracker's v2 cgroup path; when that path names none (the
+//!   root cgroup, a system slice), from every line of `/proc/<pid>/cgroup` with SPIRE's
+//!   locator rules, read under the same pidfd: nodes whose pods live in cgroup v1
+//!   hierarchies (legacy or hybrid mode, cgroupfs driver) are decided per process;
 //! * container found ⇒ its selectors, but only if the same process is still alive then
 //!   (the pidfd taken at resolution), so a PID recycled during the kubelet round trip never
 //!   gets the old process's identity;
@@ -28,7 +32,7 @@ use crate::kubelet::{
 use crate::locator::{self, ContainerRef};
 use crate::pods::{self, PodsError};
 use crate::status::{Code, Status};
-use crate::tracker::{Resolution, ResolveError, Tracker};
+use crate::tracker::{Memberships, Resolution, ResolveError, Tracker};
 
 /// The kubelet client settings a validated configuration asks for. `env` looks up
 /// environment variables (`node_name_env`).
@@ -100,6 +104,8 @@ impl std::fmt::Debug for Attestor {
 pub struct Trace {
     pub pid: i64,
     pub resolution: Option<Resolution>,
+    /// The whole `/proc/<pid>/cgroup`, read when the v2 cgroup path named no container.
+    pub memberships: Option<Memberships>,
     pub container: Option<ContainerRef>,
     /// Pod lists searched, the newest list version seen, and kubelet requests started by
     /// anyone during this attestation.
@@ -191,19 +197,36 @@ impl Attestor {
         trace: &mut Trace,
     ) -> Result<Vec<String>, Status> {
         let resolution = match self.tracker.resolve(pid) {
-            Ok(r) => r,
+            Ok(r) => Some(r),
+            // The v2 root: on a cgroup v1 node the v1 hierarchies may still name a container.
+            Err(ResolveError::RootCgroup(_)) => None,
             // Not in any container: SPIRE's "not in a pod", success with no selectors.
-            Err(ResolveError::RootCgroup(_) | ResolveError::KernelThread(_)) => {
-                return Ok(Vec::new());
-            }
+            Err(ResolveError::KernelThread(_)) => return Ok(Vec::new()),
             Err(e) => return Err(resolve_status(e)),
         };
-        trace.resolution = Some(resolution.clone());
-        // A cgroup tree made up below the workload's own cgroup must not name another pod.
-        locator::check_not_nested(&resolution.cgroup_path).map_err(Status::from)?;
-        let container = locator::locate_path(&resolution.cgroup_path);
-        let Some(container) = container else {
-            return Ok(Vec::new());
+        trace.resolution = resolution.clone();
+        let in_v2 = match &resolution {
+            Some(r) => {
+                // A cgroup tree made up below the workload's own cgroup must not name another pod.
+                locator::check_not_nested(&r.cgroup_path).map_err(Status::from)?;
+                locator::locate_path(&r.cgroup_path)
+            }
+            None => None,
+        };
+        let container = match in_v2 {
+            Some(c) => c,
+            None => {
+                // SPIRE reads every line of /proc/<pid>/cgroup; the replay does the same.
+                let memberships = self
+                    .tracker
+                    .memberships(pid, resolution.as_ref())
+                    .map_err(resolve_status)?;
+                trace.memberships = Some(memberships.clone());
+                match locator::locate_cgroup_file(&memberships.text)? {
+                    Some(c) => c,
+                    None => return Ok(Vec::new()),
+                }
+            }
         };
         trace.container = Some(container.clone());
 
@@ -253,13 +276,18 @@ impl Attestor {
             }
             (result, _) => result?,
         };
-        // The identity is handed out only if the resolved process is still the one alive.
-        if !resolution.is_alive() {
+        // The identity is handed out only if the resolved process is still the one alive
+        // (both answers, if there are two, were read under the same pidfd).
+        let alive = match (&trace.memberships, &resolution) {
+            (Some(m), _) => m.is_alive(),
+            (None, Some(r)) => r.is_alive(),
+            (None, None) => false,
+        };
+        if !alive {
             return Err(Status::new(
                 Code::NotFound,
                 format!(
-                    "pid {} exited during attestation; its number may belong to another process now",
-                    resolution.pid
+                    "pid {pid} exited during attestation; its number may belong to another process now"
                 ),
             ));
         }

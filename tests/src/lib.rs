@@ -7,6 +7,7 @@ pub mod cleanup;
 pub mod containerd;
 pub mod cri;
 pub mod kubelet_sim;
+pub mod pidns;
 pub mod runc;
 pub mod tempdir;
 
@@ -139,4 +140,60 @@ pub async fn plugin_channel(socket: String) -> tonic::transport::Channel {
         }))
         .await
         .expect("connect to the plugin's socket")
+}
+
+/// The real plugin binary, started as the agent starts it (go-plugin cookie) and configured
+/// with `plugin_data`: the child (kill it at the end) and a channel for the plugin's services.
+pub async fn start_configured_plugin(
+    plugin_data: String,
+) -> (std::process::Child, tonic::transport::Channel) {
+    use attestor::plugin::proto::config::ConfigureRequest;
+    use attestor::plugin::proto::config::config_client::ConfigClient;
+    use std::io::BufRead;
+    let mut plugin = std::process::Command::new(attestor_bin())
+        .env("WorkloadAttestor", "WorkloadAttestor")
+        .env("PLUGIN_PROTOCOL_VERSIONS", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start the plugin");
+    let mut line = String::new();
+    std::io::BufReader::new(plugin.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("handshake");
+    let channel = plugin_channel(handshake_socket(&line)).await;
+    ConfigClient::new(channel.clone())
+        .configure(ConfigureRequest {
+            core_configuration: None,
+            hcl_configuration: plugin_data,
+        })
+        .await
+        .expect("Configure");
+    (plugin, channel)
+}
+
+/// `Attest(pid)` through the plugin's gRPC service: selector values, or the gRPC status.
+pub async fn plugin_attest(
+    channel: &tonic::transport::Channel,
+    pid: i32,
+) -> Result<Vec<String>, tonic::Status> {
+    use attestor::plugin::proto::workloadattestor::AttestRequest;
+    use attestor::plugin::proto::workloadattestor::workload_attestor_client::WorkloadAttestorClient;
+    WorkloadAttestorClient::new(channel.clone())
+        .attest(AttestRequest { pid })
+        .await
+        .map(|r| r.into_inner().selector_values)
+}
+
+/// `attestor <args>`: (exit code, stdout, stderr).
+pub fn run_attestor(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(attestor_bin())
+        .args(args)
+        .output()
+        .expect("run attestor");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

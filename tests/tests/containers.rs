@@ -489,6 +489,7 @@ async fn restarted_container_new_id_same_pod() {
         .pipeline
         .tracker()
         .cgroupfs()
+        .expect("cgroup2 mount")
         .mount_point()
         .join(format!("kubepods/besteffort/pod{RESTART_UID}/{}", first.id));
     assert!(!old_dir.exists(), "runc removed the old container's cgroup");

@@ -35,7 +35,8 @@ async fn setup() -> (Arc<Tracker>, Sandbox, KubeletSim, Attestor, TempDir) {
         })
         .expect("eBPF tracker"),
     );
-    let sandbox = Sandbox::new(tracker.cgroupfs(), "forgery").expect("sandbox");
+    let sandbox =
+        Sandbox::new(tracker.cgroupfs().expect("cgroup2 mount"), "forgery").expect("sandbox");
     let mut pods = generate_pods(5, "node-1", 51);
     for (name, uid, hex) in [("victim", POD_B, hex_b()), ("attacker", POD_A, hex_a())] {
         pods.push(

@@ -113,7 +113,8 @@ impl Rig {
         let dir = TempDir::new("faults");
         let attestor = attestor_for(sim.port(), &sim.ca_pem(), &dir, extra_config);
         let tracker = tracker();
-        let sandbox = Sandbox::new(tracker.cgroupfs(), "faults").expect("sandbox");
+        let sandbox =
+            Sandbox::new(tracker.cgroupfs().expect("cgroup2 mount"), "faults").expect("sandbox");
         let cgroup = sandbox
             .container(Layout::SystemdContainerd, POD_UID, &app_hex())
             .expect("cgroup");
@@ -289,7 +290,8 @@ fn connection_refused() {
         let dir = TempDir::new("faults");
         let attestor = attestor_for(port, ca.cert_pem(), &dir, "");
         let tracker = tracker();
-        let sandbox = Sandbox::new(tracker.cgroupfs(), "faults").expect("sandbox");
+        let sandbox =
+            Sandbox::new(tracker.cgroupfs().expect("cgroup2 mount"), "faults").expect("sandbox");
         let cgroup = sandbox
             .container(Layout::Cgroupfs, POD_UID, &app_hex())
             .expect("cgroup");

@@ -91,7 +91,8 @@ impl Live {
             return None;
         }
         let tracker = tracker();
-        let sandbox = Sandbox::new(tracker.cgroupfs(), "live").expect("sandbox");
+        let sandbox =
+            Sandbox::new(tracker.cgroupfs().expect("cgroup2 mount"), "live").expect("sandbox");
         let sim = sim_with(vec![pod.build()]).await;
         Some(Live {
             tracker,
@@ -129,7 +130,8 @@ async fn attests_with_a_client_certificate_and_cgroupfs_layout() {
         return;
     }
     let tracker = tracker();
-    let sandbox = Sandbox::new(tracker.cgroupfs(), "live").expect("sandbox");
+    let sandbox =
+        Sandbox::new(tracker.cgroupfs().expect("cgroup2 mount"), "live").expect("sandbox");
     let client_ca = TestCa::new("kubelet-client-ca");
     let mut pods = generate_pods(20, "node-1", 12);
     pods.push(cart_pod(true).build());

@@ -153,7 +153,8 @@ async fn no_answer_names_another_processs_pod_under_exact_pid_reuse() {
         })
         .expect("eBPF tracker"),
     );
-    let sandbox = Sandbox::new(tracker.cgroupfs(), "pidreuse").expect("sandbox");
+    let sandbox =
+        Sandbox::new(tracker.cgroupfs().expect("cgroup2 mount"), "pidreuse").expect("sandbox");
     let mut pods = Vec::new();
     let mut pod_json = generate_pods(10, "node-1", 77);
     for i in 0..PODS {

@@ -65,7 +65,8 @@ fn process_started_after_the_tracker_is_recorded_at_exec() {
         return;
     }
     let tracker = ebpf_tracker();
-    let sandbox = Sandbox::new(tracker.cgroupfs(), "exec").expect("sandbox");
+    let sandbox =
+        Sandbox::new(tracker.cgroupfs().expect("cgroup2 mount"), "exec").expect("sandbox");
     let dir = sandbox
         .container(Layout::SystemdContainerd, POD, CID_A)
         .expect("container cgroup");
@@ -90,7 +91,8 @@ fn clone3_into_another_cgroup_records_the_childs_cgroup_at_fork() {
         return;
     }
     let tracker = ebpf_tracker();
-    let sandbox = Sandbox::new(tracker.cgroupfs(), "clone3").expect("sandbox");
+    let sandbox =
+        Sandbox::new(tracker.cgroupfs().expect("cgroup2 mount"), "clone3").expect("sandbox");
     let dir = sandbox
         .container(Layout::Cgroupfs, POD, CID_A)
         .expect("container cgroup");
@@ -112,7 +114,8 @@ fn forked_child_without_exec_inherits_the_container() {
         return;
     }
     let tracker = ebpf_tracker();
-    let sandbox = Sandbox::new(tracker.cgroupfs(), "fork").expect("sandbox");
+    let sandbox =
+        Sandbox::new(tracker.cgroupfs().expect("cgroup2 mount"), "fork").expect("sandbox");
     let dir = sandbox
         .container(Layout::SystemdContainerd, POD, CID_A)
         .expect("container cgroup");
@@ -191,7 +194,8 @@ fn moved_process_follows_its_cgroup() {
         return;
     }
     let tracker = ebpf_tracker();
-    let sandbox = Sandbox::new(tracker.cgroupfs(), "move").expect("sandbox");
+    let sandbox =
+        Sandbox::new(tracker.cgroupfs().expect("cgroup2 mount"), "move").expect("sandbox");
     let a = sandbox
         .container(Layout::SystemdContainerd, POD, CID_A)
         .expect("cgroup a");
@@ -220,7 +224,8 @@ fn exit_removes_the_entry() {
         return;
     }
     let tracker = ebpf_tracker();
-    let sandbox = Sandbox::new(tracker.cgroupfs(), "exit").expect("sandbox");
+    let sandbox =
+        Sandbox::new(tracker.cgroupfs().expect("cgroup2 mount"), "exit").expect("sandbox");
     let dir = sandbox
         .container(Layout::Cgroupfs, POD, CID_A)
         .expect("cgroup");
@@ -244,7 +249,8 @@ fn reused_pid_resolves_to_the_new_process() {
         return;
     }
     let tracker = ebpf_tracker();
-    let sandbox = Sandbox::new(tracker.cgroupfs(), "reuse").expect("sandbox");
+    let sandbox =
+        Sandbox::new(tracker.cgroupfs().expect("cgroup2 mount"), "reuse").expect("sandbox");
     let old_dir = sandbox
         .container(Layout::SystemdContainerd, POD, CID_A)
         .expect("old pod");
@@ -324,7 +330,8 @@ fn full_map_answers_unknown_and_falls_back() {
         ..TrackerOptions::default()
     })
     .expect("tracker");
-    let sandbox = Sandbox::new(tracker.cgroupfs(), "full").expect("sandbox");
+    let sandbox =
+        Sandbox::new(tracker.cgroupfs().expect("cgroup2 mount"), "full").expect("sandbox");
     let dir = sandbox
         .container(Layout::Cgroupfs, POD, CID_A)
         .expect("cgroup");
@@ -385,7 +392,7 @@ fn bad_pids_get_distinct_errors() {
         Err(ResolveError::KernelThread(2))
     ));
 
-    let sandbox = Sandbox::new(tracker.cgroupfs(), "bad").expect("sandbox");
+    let sandbox = Sandbox::new(tracker.cgroupfs().expect("cgroup2 mount"), "bad").expect("sandbox");
     let dir = sandbox
         .container(Layout::Cgroupfs, POD, CID_A)
         .expect("cgroup");
@@ -406,7 +413,11 @@ fn bad_pids_get_distinct_errors() {
 
     // A process in the root cgroup.
     let root_pid = sleeper(&dir);
-    Sandbox::move_process(tracker.cgroupfs().mount_point(), root_pid).expect("move to root cgroup");
+    Sandbox::move_process(
+        tracker.cgroupfs().expect("cgroup2 mount").mount_point(),
+        root_pid,
+    )
+    .expect("move to root cgroup");
     assert!(
         matches!(tracker.resolve(root_pid as i64), Err(ResolveError::RootCgroup(p)) if p == root_pid)
     );

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use super::{Failure, OutputFormat};
 use crate::attest::{Attestor, Trace};
 use crate::config::{Config, Tracker as TrackerKey};
+use crate::locator::{self, ContainerRef};
 use crate::status::{Code, Status};
-use crate::tracker::{Tracker, TrackerMode, TrackerOptions};
+use crate::tracker::{MEMBERSHIPS_SOURCE, Tracker, TrackerMode, TrackerOptions};
 
 #[derive(Debug, clap::Args)]
 pub struct ExplainArgs {
@@ -112,7 +113,24 @@ fn print_text(attestor: &Attestor, t: &Trace, result: &Result<Vec<String>, Statu
             );
             println!("  cgroup path    {}", r.cgroup_path);
         }
+        None if t.memberships.is_some() => {
+            println!("  cgroup v2      / (the root cgroup: no container there)")
+        }
         None => println!("  cgroup         (not resolved)"),
+    }
+    if let Some(m) = &t.memberships {
+        println!(
+            "  cgroup file    no container in the v2 path: every hierarchy read   [{} in {:?}]",
+            MEMBERSHIPS_SOURCE, m.elapsed
+        );
+        match t
+            .container
+            .as_ref()
+            .and_then(|c| answering_line(&m.text, c))
+        {
+            Some((n, line)) => println!("  answered by    /proc/{}/cgroup line {n}: {line}", m.pid),
+            None => println!("  answered by    no line names a container"),
+        }
     }
     match &t.container {
         Some(c) => {
@@ -124,8 +142,8 @@ fn print_text(attestor: &Attestor, t: &Trace, result: &Result<Vec<String>, Statu
             );
             println!("  container id   {}", c.container_id);
         }
-        None if t.resolution.is_some() => {
-            println!("  container      none in the cgroup path: not in a pod")
+        None if t.resolution.is_some() || t.memberships.is_some() => {
+            println!("  container      none in any cgroup path: not in a pod")
         }
         None => {}
     }
@@ -166,6 +184,15 @@ fn print_text(attestor: &Attestor, t: &Trace, result: &Result<Vec<String>, Statu
     }
 }
 
+/// The first `/proc/<pid>/cgroup` line (1-based number, text) whose path names `container`.
+fn answering_line<'a>(text: &'a str, container: &ContainerRef) -> Option<(usize, &'a str)> {
+    text.lines().enumerate().find_map(|(i, line)| {
+        let path = line.splitn(3, ':').nth(2)?;
+        let found = locator::locate_path(path)?;
+        (found.container_id == container.container_id).then_some((i + 1, line))
+    })
+}
+
 fn json(attestor: &Attestor, t: &Trace, result: &Result<Vec<String>, Status>) -> serde_json::Value {
     let outcome = match result {
         Ok(selectors) => serde_json::json!({
@@ -177,6 +204,14 @@ fn json(attestor: &Attestor, t: &Trace, result: &Result<Vec<String>, Status>) ->
         "pid": t.pid,
         "tracker": attestor.tracker().fallback_reason().map_or("ebpf".to_string(), |r| format!("fallback: {r}")),
         "resolution": t.resolution.as_ref().map(super::resolve::json_of),
+        "memberships": t.memberships.as_ref().map(|m| {
+            let line = t.container.as_ref().and_then(|c| answering_line(&m.text, c));
+            serde_json::json!({
+                "source": MEMBERSHIPS_SOURCE,
+                "elapsed_us": m.elapsed.as_micros() as u64,
+                "line": line.map(|(_, l)| l),
+            })
+        }),
         "container": t.container.as_ref().map(|c| serde_json::json!({
             "pod_uid": c.pod_uid, "container_id": c.container_id
         })),

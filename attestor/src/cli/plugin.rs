@@ -47,7 +47,11 @@ impl K8s {
         let tracker = start_tracker(&opts).map_err(|e| e.to_string())?;
         match tracker.fallback_reason() {
             None => {
-                log::info!(cgroup2 = tracker.cgroupfs().mount_point().display().to_string(); "eBPF process tracker attached")
+                let cgroup2 = tracker
+                    .cgroupfs()
+                    .map(|fs| fs.mount_point().display().to_string())
+                    .unwrap_or_default();
+                log::info!(cgroup2 = cgroup2; "eBPF process tracker attached")
             }
             Some(why) => {
                 log::warn!(reason = why; "eBPF process tracker not in use: answering from /proc")

@@ -57,6 +57,15 @@ pub enum KernelError {
     Map { name: &'static str, message: String },
     #[error("reading the kernel BTF for program load failed: {0}")]
     Btf(#[source] aya::BtfError),
+    /// The kernel programs key processes by their tgid in the initial PID namespace; the
+    /// agent hands us numbers of its own namespace. Mixing the two would answer one process's
+    /// number with another process's cgroup, so the map is not used at all.
+    #[error(
+        "attestor runs in a nested PID namespace (pid:[{ns_inode}], not the kernel's initial \
+         one: a kind/k3d node, a node that is a container, Docker-in-Docker); kernel programs see \
+         initial-namespace PIDs, not the PIDs the agent sends"
+    )]
+    NestedPidNamespace { ns_inode: u64 },
 }
 
 /// Where tracefs lives (mounted by us if absent).

@@ -77,6 +77,14 @@ pub enum StartError {
     CgroupFs(#[from] CgroupFsError),
     #[error("tracker_max_processes must be between 1 and {max}, got {got}")]
     MapSize { got: u32, max: u32 },
+    /// `/proc/<n>` would not be the process the agent calls `n`: every `/proc` read (the
+    /// fallback, seeding, zombie checks) would look at other processes.
+    #[error(
+        "/proc is not a procfs of attestor's PID namespace (/proc/self is {shows}, our pid is {own}): \
+         /proc/<pid> would name other processes than the PIDs the agent sends; mount a procfs \
+         of this namespace on /proc (a container gets one; with `unshare --pid` use --mount-proc)"
+    )]
+    ForeignProc { shows: String, own: u32 },
 }
 
 /// Which source answered.
@@ -141,6 +149,27 @@ impl Resolution {
     }
 }
 
+/// A process's whole `/proc/<pid>/cgroup` (see [`Tracker::memberships`]), with the pidfd it
+/// was read under.
+#[derive(Debug, Clone)]
+pub struct Memberships {
+    pub pid: i32,
+    /// The file as the kernel wrote it: `hierarchy-ID:controllers:path` lines.
+    pub text: Arc<str>,
+    pub elapsed: Duration,
+    pidfd: Arc<OwnedFd>,
+}
+
+impl Memberships {
+    /// As [`Resolution::is_alive`].
+    pub fn is_alive(&self) -> bool {
+        matches!(sys::pidfd_exited(self.pidfd.as_fd()), Ok(false))
+    }
+}
+
+/// Where the memberships come from, for `explain`.
+pub const MEMBERSHIPS_SOURCE: &str = "procfs (/proc/<pid>/cgroup, every hierarchy, under a pidfd)";
+
 /// Why a PID could not be resolved. Each case is distinct so callers (and operators) can act.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -191,7 +220,9 @@ pub struct Tracker {
     kernel: Option<KernelTracker>,
     /// Why eBPF is not used, if it is not.
     fallback_reason: Option<String>,
-    cgroupfs: CgroupFs,
+    /// `None` on a legacy cgroup v1 node (no cgroup2 filesystem mounted): every process is in
+    /// the v2 root there and its container is read from the v1 hierarchies.
+    cgroupfs: Option<CgroupFs>,
     /// Whether PIDFD_GET_INFO works here (probed once at start).
     pidfd_info: bool,
 }
@@ -201,7 +232,10 @@ impl fmt::Debug for Tracker {
         f.debug_struct("Tracker")
             .field("ebpf", &self.kernel.is_some())
             .field("fallback_reason", &self.fallback_reason)
-            .field("cgroup2_mount", &self.cgroupfs.mount_point())
+            .field(
+                "cgroup2_mount",
+                &self.cgroupfs.as_ref().map(CgroupFs::mount_point),
+            )
             .field("pidfd_info", &self.pidfd_info)
             .finish()
     }
@@ -220,7 +254,22 @@ impl Tracker {
                 max: MAX_PROCESSES_LIMIT,
             });
         }
-        let cgroupfs = CgroupFs::discover()?;
+        let own = std::process::id();
+        let proc_self = std::fs::read_link("/proc/self")
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned());
+        if !procfs::proc_is_ours(proc_self.as_deref(), own) {
+            return Err(StartError::ForeignProc {
+                shows: proc_self.unwrap_or_else(|| "unresolvable".into()),
+                own,
+            });
+        }
+        let cgroupfs = match CgroupFs::discover() {
+            Ok(fs) => Some(fs),
+            // Legacy cgroup v1 node: pods live in v1 hierarchies only (`memberships`).
+            Err(CgroupFsError::NoCgroup2Mount) => None,
+            Err(e) => return Err(e.into()),
+        };
         let pidfd_info = opts.pidfd_info && probe_pidfd_info();
         // Each resolution in flight holds a pidfd until its attestation ends.
         match sys::raise_nofile_limit() {
@@ -231,12 +280,31 @@ impl Tracker {
             Err(e) => log::warn!("cannot raise the open-file limit: {e}"),
         }
         let (kernel, fallback_reason) = match opts.mode {
+            // Without the v2 hierarchy every process is in its root: nothing to track.
+            _ if cgroupfs.is_none() => (
+                None,
+                Some(
+                    "no cgroup2 filesystem is mounted (legacy cgroup v1 node): containers are \
+                     read from the v1 hierarchies in /proc/<pid>/cgroup"
+                        .to_string(),
+                ),
+            ),
             TrackerMode::Procfs => (
                 None,
                 Some("tracker = \"procfs\" in the configuration".to_string()),
             ),
             TrackerMode::Auto | TrackerMode::Ebpf => {
-                match KernelTracker::load(opts.max_processes, opts.ebpf_log_level) {
+                let loaded = match pid_view() {
+                    // Map keys, seeded or kernel-written, are initial-namespace tgids: only
+                    // there are they the numbers the agent sends.
+                    procfs::PidView::Initial => {
+                        KernelTracker::load(opts.max_processes, opts.ebpf_log_level)
+                    }
+                    procfs::PidView::Nested { ns_inode } => {
+                        Err(KernelError::NestedPidNamespace { ns_inode })
+                    }
+                };
+                match loaded {
                     Ok(k) => (Some(k), None),
                     Err(e) if opts.mode == TrackerMode::Ebpf => {
                         return Err(StartError::EbpfRequired(e));
@@ -279,8 +347,21 @@ impl Tracker {
         self.fallback_reason.as_deref()
     }
 
-    pub fn cgroupfs(&self) -> &CgroupFs {
-        &self.cgroupfs
+    /// The cgroup2 hierarchy (`None` on a legacy cgroup v1 node).
+    pub fn cgroupfs(&self) -> Option<&CgroupFs> {
+        self.cgroupfs.as_ref()
+    }
+
+    fn cgroup2(&self) -> Result<&CgroupFs, CgroupFsError> {
+        self.cgroupfs.as_ref().ok_or(CgroupFsError::NoCgroup2Mount)
+    }
+
+    /// cgroup2 path → id; the root needs no mount (all a legacy v1 node's processes are there).
+    fn id_of(&self, path: &str) -> Result<u64, CgroupFsError> {
+        match &self.cgroupfs {
+            None if path == "/" => Ok(ROOT_CGROUP_ID),
+            _ => self.cgroup2()?.id_of(path),
+        }
     }
 
     /// Kernel map entries and counters, when eBPF is in use.
@@ -312,11 +393,7 @@ impl Tracker {
     /// Resolves a PID to its cgroup. See the module doc for the guarantees.
     pub fn resolve(&self, pid: i64) -> Result<Resolution, ResolveError> {
         let started = Instant::now();
-        let pid = match pid {
-            0 => return Err(ResolveError::ZeroPid),
-            p if p < 0 => return Err(ResolveError::NegativePid(p)),
-            p => i32::try_from(p).map_err(|_| ResolveError::PidOutOfRange(p))?,
-        };
+        let pid = checked_pid(pid)?;
         let pidfd = open_pidfd(pid)?;
         let looked_up = self.lookup(pid, &pidfd);
         // The process behind the pidfd is still alive ⇒ whatever was read above was its own
@@ -338,6 +415,37 @@ impl Tracker {
             source,
             elapsed: started.elapsed(),
             pidfd: Arc::new(pidfd),
+        })
+    }
+
+    /// Every cgroup membership of a process: all of `/proc/<pid>/cgroup`, the cgroup v1
+    /// hierarchies' lines as well as the v2 one, read under a pidfd and checked against it as
+    /// [`Tracker::resolve`] does. For nodes whose pods live in v1 hierarchies (legacy or
+    /// hybrid mode with the cgroupfs driver), where the v2 cgroup names no container.
+    /// `resolved`: an earlier resolution of the same PID, whose pidfd is reused so both
+    /// answers are about one process.
+    pub fn memberships(
+        &self,
+        pid: i64,
+        resolved: Option<&Resolution>,
+    ) -> Result<Memberships, ResolveError> {
+        let started = Instant::now();
+        let (pid, pidfd) = match resolved {
+            Some(r) => (r.pid, r.pidfd.clone()),
+            None => {
+                let pid = checked_pid(pid)?;
+                (pid, Arc::new(open_pidfd(pid)?))
+            }
+        };
+        let text = read_cgroup_file(pid);
+        if self.exited(pid, &pidfd)? {
+            return Err(exited_or_zombie(pid));
+        }
+        Ok(Memberships {
+            pid,
+            text: text?.into(),
+            elapsed: started.elapsed(),
+            pidfd,
         })
     }
 
@@ -382,13 +490,16 @@ impl Tracker {
     /// cgroup id → path by file handle; without CAP_DAC_READ_SEARCH, from `/proc/<pid>/cgroup`
     /// checked against the id.
     fn path_of(&self, pid: i32, id: u64) -> Result<Arc<str>, ResolveError> {
-        match self.cgroupfs.path_of(id) {
+        let cgroupfs = self
+            .cgroup2()
+            .map_err(|source| ResolveError::Cgroup { pid, source })?;
+        match cgroupfs.path_of(id) {
             Ok(p) => Ok(p),
             Err(CgroupFsError::Resolve { source, .. })
                 if source.raw_os_error() == Some(libc::EPERM) =>
             {
                 let path = read_v2_path(pid)?;
-                match self.cgroupfs.id_of(&path) {
+                match cgroupfs.id_of(&path) {
                     Ok(same) if same == id => Ok(path.into()),
                     // Moved meanwhile: the id we hold is no longer its cgroup.
                     Ok(_) | Err(_) => Err(ResolveError::CgroupChanged(pid)),
@@ -414,7 +525,7 @@ impl Tracker {
             }
         }
         let path = read_v2_path(pid)?;
-        let id = self.cgroupfs.id_of(&path).map_err(|source| match source {
+        let id = self.id_of(&path).map_err(|source| match source {
             CgroupFsError::OutsideMount { .. } if path.starts_with("/..") => {
                 ResolveError::OutsideNamespace {
                     pid,
@@ -431,6 +542,9 @@ impl Tracker {
     }
 
     /// Writes entries for processes that existed before the programs were attached.
+    /// Keys are the numbers `/proc` lists: `start` checked that this procfs is of our PID
+    /// namespace and loads the programs only in the initial one, so every seeded key is a
+    /// tgid the kernel programs maintain (and delete when that process exits).
     /// Each seed is read under a pidfd, never overwrites a kernel-written entry, is flagged
     /// unknown if the process's cgroup changed during the seed, and is withdrawn if the
     /// process exited meanwhile (so its number cannot inherit it).
@@ -460,7 +574,7 @@ impl Tracker {
             let Ok(path) = read_v2_path(pid) else {
                 continue;
             };
-            let Ok(id) = self.cgroupfs.id_of(&path) else {
+            let Ok(id) = self.id_of(&path) else {
                 continue;
             };
             if !kernel.seed(pid as u32, id) {
@@ -483,6 +597,15 @@ impl Tracker {
         log::debug!(
             "seeded {seeded} processes from /proc ({skipped} already tracked by the kernel)"
         );
+    }
+}
+
+/// Our PID namespace; one that cannot be read counts as nested (the safe answer: no map).
+fn pid_view() -> procfs::PidView {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata("/proc/self/ns/pid") {
+        Ok(m) => procfs::pid_view(m.ino()),
+        Err(_) => procfs::PidView::Nested { ns_inode: 0 },
     }
 }
 
@@ -552,19 +675,34 @@ fn check_process(pid: i32) -> Result<(), ResolveError> {
     Ok(())
 }
 
-fn read_v2_path(pid: i32) -> Result<String, ResolveError> {
-    let path = format!("/proc/{pid}/cgroup");
-    let text = std::fs::read_to_string(&path).map_err(|source| match source.kind() {
+fn checked_pid(pid: i64) -> Result<i32, ResolveError> {
+    match pid {
+        0 => Err(ResolveError::ZeroPid),
+        p if p < 0 => Err(ResolveError::NegativePid(p)),
+        p => i32::try_from(p).map_err(|_| ResolveError::PidOutOfRange(p)),
+    }
+}
+
+/// `/proc/<pid>/cgroup` (kernel-generated: one short line per hierarchy).
+fn read_cgroup_file(pid: i32) -> Result<String, ResolveError> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|source| match source.kind() {
         io::ErrorKind::NotFound => ResolveError::Exited(pid),
         _ => ResolveError::Io {
             pid,
             op: "read /proc/<pid>/cgroup",
             source,
         },
-    })?;
+    })
+}
+
+fn read_v2_path(pid: i32) -> Result<String, ResolveError> {
+    let text = read_cgroup_file(pid)?;
     procfs::v2_path(&text)
         .map(str::to_string)
-        .ok_or(ResolveError::NoV2Line { pid, path })
+        .ok_or_else(|| ResolveError::NoV2Line {
+            pid,
+            path: format!("/proc/{pid}/cgroup"),
+        })
 }
 
 /// Whether `PIDFD_GET_INFO` answers with a cgroup id on this kernel (6.13+).

@@ -106,7 +106,8 @@ fn pods(n: usize, with_workloads: usize, late: bool) -> Vec<serde_json::Value> {
 
 /// A live process in the `app` container cgroup of each of the first `count` `svc-*` pods.
 fn workloads(tracker: &Tracker, count: usize) -> Node {
-    let sandbox = Sandbox::new(tracker.cgroupfs(), "bench").expect("sandbox");
+    let sandbox =
+        Sandbox::new(tracker.cgroupfs().expect("cgroup2 mount"), "bench").expect("sandbox");
     let mut pids = Vec::new();
     for i in 0..count {
         let (uid, hex) = workload_ids(i);

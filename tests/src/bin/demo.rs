@@ -39,7 +39,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match tracker.fallback_reason() {
         None => println!(
             "tracker   eBPF programs attached; cgroup2 at {}",
-            tracker.cgroupfs().mount_point().display()
+            tracker
+                .cgroupfs()
+                .expect("cgroup2 mount")
+                .mount_point()
+                .display()
         ),
         Some(why) => println!("tracker   eBPF not in use ({why}); using the fallback"),
     }
@@ -125,7 +129,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         |_| None,
     )?;
 
-    let sandbox = Sandbox::new(tracker.cgroupfs(), "demo")?;
+    let sandbox = Sandbox::new(tracker.cgroupfs().expect("cgroup2 mount"), "demo")?;
     let mut workloads = Vec::new();
     // Started directly in the container cgroup, as runc does with clone3(CLONE_INTO_CGROUP).
     let d = sandbox.container(Layout::SystemdContainerd, web_uid, &web_app)?;

@@ -84,7 +84,7 @@ fn main() {
         ..TrackerOptions::default()
     })
     .expect("eBPF tracker");
-    let sandbox = Sandbox::new(ebpf.cgroupfs(), "bench").expect("sandbox");
+    let sandbox = Sandbox::new(ebpf.cgroupfs().expect("cgroup2 mount"), "bench").expect("sandbox");
     let mut pids = Vec::new();
     for i in 0..50 {
         let uid = format!("00000000-0000-4000-8000-{i:012}");
