@@ -19,30 +19,75 @@ pub fn run(opts: &Options) -> Result<()> {
     if !util::is_root() {
         bail!("the tests load eBPF programs and create cgroups: run them as root");
     }
-    setup::run()?;
-    build_ebpf::run(&build_ebpf::Options::default())?;
-    // Lints are part of the suite: a warning fails CI.
-    exec(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    exec(cargo().args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
-    // Supply chain: licenses, duplicate crates, sources (offline; see xtask/src/deny.rs).
-    deny::run(&deny::Options::default())?;
-    // Includes tests/tests/fuzz_corpus.rs, the corpus replay (`cargo xtask fuzz-replay`).
-    let mut cmd = cargo();
-    cmd.args(["test", "--workspace", "--"]).args(&opts.args);
-    exec(&mut cmd)?;
+    // Wall time per phase, printed at the end (also when a phase fails): what the cold-machine
+    // check (.ci/cold-check) reports.
+    let mut phases = Phases::default();
+    let result = run_phases(opts, &mut phases);
+    phases.print();
+    result
+}
+
+fn run_phases(opts: &Options, phases: &mut Phases) -> Result<()> {
+    phases.time("install", setup::run)?;
+    phases.time("build-ebpf", || {
+        build_ebpf::run(&build_ebpf::Options::default())
+    })?;
+    phases.time("lint", || {
+        // Lints are part of the suite: a warning fails CI.
+        exec(cargo().args(["fmt", "--all", "--", "--check"]))?;
+        exec(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+        // Supply chain: licenses, duplicate crates, sources (offline; see xtask/src/deny.rs).
+        deny::run(&deny::Options::default())
+    })?;
+    phases.time("build", || {
+        exec(cargo().args(["test", "--workspace", "--no-run"]))
+    })?;
+    phases.time("host tests", || {
+        // Includes tests/tests/fuzz_corpus.rs, the corpus replay (`cargo xtask fuzz-replay`).
+        let mut cmd = cargo();
+        cmd.args(["test", "--workspace", "--"]).args(&opts.args);
+        exec(&mut cmd)
+    })?;
     if opts.no_vm {
         eprintln!("xtask: VM tests skipped (--no-vm)");
         return Ok(());
     }
-    vm::run(&vm::Options {
-        kernels: Vec::new(),
-        timeout: 600,
+    phases.time("VM tests", || {
+        vm::run(&vm::Options {
+            kernels: Vec::new(),
+            timeout: 600,
+        })
     })
+}
+
+/// Named phases and how long each took.
+#[derive(Default)]
+struct Phases(Vec<(&'static str, std::time::Duration, bool)>);
+
+impl Phases {
+    fn time(&mut self, name: &'static str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+        let start = std::time::Instant::now();
+        let r = f();
+        self.0.push((name, start.elapsed(), r.is_ok()));
+        r
+    }
+
+    fn print(&self) {
+        for (name, took, ok) in &self.0 {
+            let s = took.as_secs();
+            let status = if *ok { "ok" } else { "FAILED" };
+            eprintln!(
+                "xtask: phase {name:<11} {:>3}m{:02}s {status}",
+                s / 60,
+                s % 60
+            );
+        }
+    }
 }
