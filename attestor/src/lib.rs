@@ -12,6 +12,9 @@
 //!
 //! `sys` is the only module with `unsafe` code (raw syscalls, each with a `SAFETY` note).
 //!
+//! [`boundedfile`] reads every file an operator names (credential paths in `plugin_data`, the
+//! CLI's input files): regular files only, each kind with a size cap.
+//!
 //! The pure attestation core (no I/O) that live attestation and the replay CLI share:
 //! * [`config::Config::parse`] — `plugin_data` (HCL v1 or JSON) → validated options;
 //! * [`locator::locate_path`] / [`locator::locate_cgroup_file`] — cgroup → [`locator::ContainerRef`];
@@ -23,6 +26,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod attest;
+pub mod boundedfile;
 pub mod cgroupfs;
 pub mod cli;
 pub mod config;

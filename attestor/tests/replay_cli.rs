@@ -536,7 +536,7 @@ fn missing_input_file() {
     ]);
     assert_error(
         &o,
-        "error: InvalidArgument: unable to read --cgroup-file file /nonexistent/cgroup: No such file or directory (os error 2)",
+        "error: InvalidArgument: --cgroup-file /nonexistent/cgroup: cannot open: No such file or directory (os error 2); give a copy of the workload's /proc/<pid>/cgroup",
     );
 }
 

@@ -12,12 +12,9 @@ use crate::config::Config;
 use crate::status::{Code, Status};
 
 pub(super) fn run(file: &Path) -> Result<(), Failure> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        Failure::text(Status::new(
-            Code::InvalidArgument,
-            format!("unable to read plugin_data file {}: {e}", file.display()),
-        ))
-    })?;
+    let text = super::input::CHECK_CONFIG
+        .read_text(file)
+        .map_err(Failure::text)?;
     match Config::parse(&text) {
         Ok(_) => {
             println!("ok");

@@ -16,7 +16,8 @@ pub struct ExplainArgs {
     /// The workload's PID (host PID namespace).
     #[arg(long, allow_negative_numbers = true)]
     pid: i64,
-    /// plugin_data file: HCL, or JSON if the file is a JSON object.
+    /// plugin_data file: HCL, or JSON if the file is a JSON object; `-` reads stdin. At most
+    /// 1 MiB.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]

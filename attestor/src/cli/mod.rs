@@ -10,6 +10,7 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use crate::status::Status;
 
 mod check_config;
+mod input;
 mod live;
 mod logger;
 pub mod plugin;
@@ -40,7 +41,7 @@ enum Command {
     Explain(live::ExplainArgs),
     /// Validate a plugin_data file (HCL, or JSON if it is a JSON object).
     CheckConfig {
-        /// The plugin_data file.
+        /// The plugin_data file; `-` reads stdin. At most 1 MiB.
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
@@ -54,14 +55,17 @@ struct AttestArgs {
     /// Live: the workload's PID (host PID namespace); needs root and a reachable kubelet.
     #[arg(long, allow_negative_numbers = true, conflicts_with_all = ["cgroup_file", "pods_file"])]
     pid: Option<i64>,
-    /// Replay: the workload's /proc/<pid>/cgroup file (cgroup v2 `0::/path` or v1 lines).
+    /// Replay: the workload's /proc/<pid>/cgroup file (cgroup v2 `0::/path` or v1 lines);
+    /// `-` reads stdin. At most 256 KiB.
     #[arg(long, value_name = "FILE", requires = "pods_file")]
     cgroup_file: Option<PathBuf>,
     /// Replay: a kubelet `/pods` response body; it never changes, so a container that is not
-    /// in it gives SPIRE's give-up result at once.
+    /// in it gives SPIRE's give-up result at once. `-` reads stdin. At most 64 MiB, as from
+    /// the kubelet.
     #[arg(long, value_name = "FILE", requires = "cgroup_file")]
     pods_file: Option<PathBuf>,
-    /// plugin_data file: HCL, or JSON if the file is a JSON object.
+    /// plugin_data file: HCL, or JSON if the file is a JSON object; `-` reads stdin. At most
+    /// 1 MiB.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// `text`: one `k8s:` selector per line. `json`: {"selectors":[…]} or {"error":{…}}.
@@ -116,7 +120,7 @@ impl Failure {
 fn load_config(path: Option<&std::path::Path>) -> Result<crate::config::Config, Status> {
     match path {
         Some(path) => {
-            let text = replay::read(path, "--config")?;
+            let text = input::CONFIG.read_text(path)?;
             crate::config::Config::parse(&text).map_err(Status::from)
         }
         None => Ok(crate::config::Config::default()),

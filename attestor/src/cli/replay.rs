@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use super::Failure;
+use super::{Failure, input};
 use crate::config::Config;
 use crate::locator;
 use crate::pods::{self, PodsError};
@@ -27,11 +27,17 @@ pub(super) fn run(
         format: args.output,
         notes: Vec::new(),
     };
+    input::at_most_one_stdin(&[
+        (input::CONFIG, args.config.as_deref()),
+        (input::CGROUP_FILE, Some(cgroup_file)),
+        (input::PODS_FILE, pods_file),
+    ])
+    .map_err(fail)?;
     let config = super::load_config(args.config.as_deref()).map_err(fail)?;
-    let cgroups = read(cgroup_file, "--cgroup-file").map_err(fail)?;
+    let cgroups = input::CGROUP_FILE.read_text(cgroup_file).map_err(fail)?;
     // Like SPIRE, the pod list is only read once a container ID is known.
     let read_pods = || match pods_file {
-        Some(path) => std::fs::read(path).map_err(|e| read_error(path, "--pods-file", &e)),
+        Some(path) => input::PODS_FILE.read(path),
         None => Err(Status::new(
             Code::InvalidArgument,
             "--pods-file is required",
@@ -64,15 +70,4 @@ pub fn replay(
         Err(e @ PodsError::InvalidList(_)) => Err(Status::new(Code::Unavailable, e.to_string())),
         Err(e) => Err(e.into()),
     }
-}
-
-pub(super) fn read(path: &Path, flag: &str) -> Result<String, Status> {
-    std::fs::read_to_string(path).map_err(|e| read_error(path, flag, &e))
-}
-
-fn read_error(path: &Path, flag: &str, e: &std::io::Error) -> Status {
-    Status::new(
-        Code::InvalidArgument,
-        format!("unable to read {flag} file {}: {e}", path.display()),
-    )
 }

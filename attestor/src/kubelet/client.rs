@@ -28,6 +28,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
 use super::tls::{self, ClientCertFiles, TlsMaterial, Verification};
+use crate::boundedfile;
 use crate::status::{Code, Status};
 
 /// The kubelet's default secure port (`kubelet_secure_port`).
@@ -135,7 +136,7 @@ pub enum KubeletError {
     #[error("unable to load kubelet CA from {path}: {source}; check kubelet_ca_path")]
     LoadCa {
         path: PathBuf,
-        source: std::io::Error,
+        source: boundedfile::ReadError,
     },
     #[error(
         "unable to parse kubelet CA from {path}: {reason}; the file must hold PEM certificates"
@@ -144,7 +145,7 @@ pub enum KubeletError {
     #[error("unable to load token from {path}: {source}; check token_path")]
     LoadToken {
         path: PathBuf,
-        source: std::io::Error,
+        source: boundedfile::ReadError,
     },
     #[error("token file {path} {problem}; check token_path")]
     InvalidToken {
@@ -154,7 +155,7 @@ pub enum KubeletError {
     #[error("unable to load certificate from {path}: {source}; check certificate_path")]
     LoadCertificate {
         path: PathBuf,
-        source: std::io::Error,
+        source: boundedfile::ReadError,
     },
     #[error(
         "unable to parse certificate from {path}: {reason}; the file must hold a PEM certificate chain"
@@ -163,7 +164,7 @@ pub enum KubeletError {
     #[error("unable to load private key from {path}: {source}; check private_key_path")]
     LoadKey {
         path: PathBuf,
-        source: std::io::Error,
+        source: boundedfile::ReadError,
     },
     #[error(
         "unable to parse private key from {path}: {reason}; the file must hold one PEM private key"
@@ -500,48 +501,14 @@ fn pods_url(endpoint: &Endpoint) -> String {
     }
 }
 
-/// Credential files larger than this are refused: a token is a few KiB, a CA bundle rarely
-/// 1 MiB. Without a bound, `token_path = "/dev/zero"` would eat all memory.
-pub const MAX_CREDENTIAL_FILE_BYTES: u64 = 4 << 20;
-
 fn read_file<E>(
     path: &Path,
-    wrap: impl FnOnce(PathBuf, std::io::Error) -> E,
+    wrap: impl FnOnce(PathBuf, boundedfile::ReadError) -> E,
 ) -> Result<Vec<u8>, E> {
     // Small files read once a reload interval: a blocking read is cheaper than a
-    // round trip to the blocking pool.
-    read_credential_file(path).map_err(|e| wrap(path.to_owned(), e))
-}
-
-/// Reads a regular file of at most [`MAX_CREDENTIAL_FILE_BYTES`]. O_NONBLOCK so that a FIFO
-/// named by mistake is refused instead of blocking Configure forever (no effect on regular
-/// files); devices, directories and sockets are refused too.
-fn read_credential_file(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    let mut data = Vec::new();
-    file.take(MAX_CREDENTIAL_FILE_BYTES + 1)
-        .read_to_end(&mut data)?;
-    if data.len() as u64 > MAX_CREDENTIAL_FILE_BYTES {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!(
-                "larger than {} MiB: not a credential file",
-                MAX_CREDENTIAL_FILE_BYTES >> 20
-            ),
-        ));
-    }
-    Ok(data)
+    // round trip to the blocking pool. Bounded: `token_path = "/dev/zero"` or a FIFO named
+    // by mistake is refused instead of eating all memory or blocking Configure forever.
+    boundedfile::read(path, boundedfile::CREDENTIAL).map_err(|e| wrap(path.to_owned(), e))
 }
 
 /// Load credentials. `previous` is reused (its pool kept) when the TLS material is
@@ -746,7 +713,10 @@ mod tests {
     #[test]
     fn credential_files_must_be_small_regular_files() {
         let err = token_error(Path::new("/dev/zero"));
-        assert!(err.contains("/dev/zero: not a regular file"), "{err}");
+        assert_eq!(
+            err,
+            "unable to load token from /dev/zero: not a regular file (a character device); check token_path"
+        );
 
         let dir = std::env::temp_dir().join(format!("attestor-cred-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -758,16 +728,20 @@ mod tests {
             .unwrap();
         assert!(made.success());
         let err = token_error(&fifo);
-        assert!(err.contains("not a regular file"), "{err}");
+        assert!(err.contains("not a regular file (a FIFO)"), "{err}");
 
         let err = token_error(&dir);
-        assert!(err.contains("not a regular file"), "{err}");
+        assert!(err.contains("not a regular file (a directory)"), "{err}");
 
         let big = dir.join("big");
-        std::fs::write(&big, vec![b'a'; (MAX_CREDENTIAL_FILE_BYTES + 1) as usize]).unwrap();
+        let cap = boundedfile::CREDENTIAL.max_bytes as usize;
+        std::fs::write(&big, vec![b'a'; cap + 1]).unwrap();
         let err = token_error(&big);
-        assert!(err.contains("larger than 4 MiB"), "{err}");
-        std::fs::write(&big, vec![b'a'; MAX_CREDENTIAL_FILE_BYTES as usize]).unwrap();
+        assert!(
+            err.contains("is 4194305 bytes, more than the 4 MiB limit for a credential file; check token_path"),
+            "{err}"
+        );
+        std::fs::write(&big, vec![b'a'; cap]).unwrap();
         assert_eq!(token_error(&big), "", "a 4 MiB token is accepted");
         std::fs::remove_dir_all(&dir).unwrap();
     }
