@@ -30,7 +30,7 @@ use crate::kubelet::{
     KubeletSettings, PodListFetcher,
 };
 use crate::locator::{self, ContainerRef};
-use crate::pods::{self, PodsError};
+use crate::pods;
 use crate::status::{Code, Status};
 use crate::tracker::{Memberships, Resolution, ResolveError, Tracker};
 
@@ -256,7 +256,7 @@ impl Attestor {
                             self.memoize(list.version(), &container, &found);
                             Ok(found)
                         }
-                        Err(e @ PodsError::InvalidList(_)) => {
+                        Err(e) if e.is_retryable() => {
                             last_parse_error = Some(e.to_string());
                             Ok(None)
                         }

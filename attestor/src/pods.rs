@@ -3,7 +3,8 @@
 //! [`search`] is one pure function per pod-list version: the live poll loop calls it each
 //! time it gets a newer list, the replay CLI calls it once. It follows SPIRE's
 //! `k8s.go`/`podlistfetcher.go`:
-//! * the body must be a JSON object with an `items` array (`null` means no pods);
+//! * the body must be a JSON object with an `items` array (`null` means no pods); a body
+//!   that is not is refused with SPIRE's code and words (see [`PodsError`]);
 //! * pods without `metadata.uid` are skipped; when the cgroup gave a pod UID only that pod is
 //!   examined, otherwise every pod;
 //! * the kubelet's `containerID` (`<runtime>://<id>`) is URL-parsed and its host compared
@@ -17,12 +18,17 @@
 //! Parsing is lazy (SPIRE does the same with fastjson since v1.7.0): a scanner walks the list
 //! reading only `metadata.uid` and the status entries' `containerID`; only the matched pod
 //! is decoded in full (`serde_json`) and turned into selectors by [`crate::selectors`].
+//! A refused list is re-read with a port of SPIRE's parser (`fastjson`) only to word the
+//! error as SPIRE does. Known difference: the scanner checks only strings and brackets in the
+//! subtrees it skips, so a body whose syntax error lies there (a stray character inside a
+//! pod's `spec`, say) is searched, where SPIRE refuses the whole list.
 //!
 //! Out of scope: fetching the list, retry timing (the poll loop), and selector formats
 //! (`selectors`).
 
 #![forbid(unsafe_code)]
 
+mod fastjson;
 mod scan;
 
 use std::collections::BTreeMap;
@@ -51,13 +57,34 @@ impl SearchOptions {
 }
 
 /// Why a pod list could not be searched.
+///
+/// The first four are bodies that are not a kubelet pod list. SPIRE v1.15.3 refuses those in
+/// `podlistfetcher.go` (`podListFetcher.parsePodList`) as a failed fetch, retries them like
+/// any kubelet error, and if the last attempt still fails `k8s.go`
+/// (`Plugin.attestByPIDReference`) answers `Unavailable` with the error's text. Each message
+/// here starts with SPIRE's text, word for word; our detail, if any, follows after "; ".
+/// The fix is on the kubelet side (or `kubelet_port` names something that is not a
+/// kubelet), so the poll loop keeps polling on them.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PodsError {
-    /// The body is not a kubelet pod list. Retry with the next list (SPIRE retries fetch and
-    /// parse errors and reports the last one as `Unavailable` when it gives up).
-    #[error("unable to parse kubelet pod list: {0}")]
-    InvalidList(String),
+    /// Not JSON, or truncated: SPIRE's prefix, then fastjson's own error text (e.g.
+    /// `cannot parse JSON: cannot parse array: unexpected end of array; unparsed tail: ""`).
+    #[error("unable to parse kubelet response: {0}")]
+    Unparsable(String),
+    /// Valid JSON, but not an object (an array, a string…); the detail names what it is.
+    #[error("invalid kubelet response: expected an object; got {0}")]
+    NotAnObject(&'static str),
+    /// An object without `items`, or whose `items` is neither an array nor `null`.
+    #[error("invalid kubelet response: expected an items array; {0}")]
+    NoItemsArray(String),
+    /// A body SPIRE's parser accepts but ours refuses (it checks strings, numbers and nesting
+    /// more strictly, and wants objects where pods and their statuses are). SPIRE's words for
+    /// a list it cannot parse, then what ours found.
+    #[error(
+        "unable to parse kubelet response: {0} (expected a JSON object with an \"items\" array of pods)"
+    )]
+    Rejected(String),
     /// The matched pod does not decode as a pod.
     #[error("unable to decode pod info from kubelet response: {0}")]
     InvalidPod(String),
@@ -69,15 +96,38 @@ pub enum PodsError {
 impl PodsError {
     /// Whether a later pod list may succeed (the poll loop keeps polling on these).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, PodsError::InvalidList(_))
+        matches!(
+            self,
+            PodsError::Unparsable(_)
+                | PodsError::NotAnObject(_)
+                | PodsError::NoItemsArray(_)
+                | PodsError::Rejected(_)
+        )
+    }
+
+    /// Names a refused body the way SPIRE would: it parses the whole body with fastjson
+    /// first (so a syntax error anywhere wins over a wrong shape), then checks for an object,
+    /// then for its first `items` being an array or `null`. `ours` is the scanner's reason,
+    /// kept when SPIRE would have accepted the body.
+    fn refused_list(body: &[u8], ours: String) -> PodsError {
+        use fastjson::Kind;
+        match fastjson::parse(body) {
+            Err(text) => PodsError::Unparsable(text),
+            Ok(top) if top.kind != Kind::Object => PodsError::NotAnObject(top.kind.described()),
+            Ok(top) => match top.items {
+                None => PodsError::NoItemsArray("the object has no \"items\" field".into()),
+                Some(Kind::Array | Kind::Null) => PodsError::Rejected(ours),
+                Some(kind) => PodsError::NoItemsArray(format!("\"items\" is {}", kind.described())),
+            },
+        }
     }
 }
 
 impl From<PodsError> for Status {
     fn from(e: PodsError) -> Self {
         let code = match e {
-            PodsError::InvalidList(_) | PodsError::InvalidPod(_) => Code::Unavailable,
             PodsError::TwoPods => Code::Internal,
+            _ => Code::Unavailable,
         };
         Status::new(code, e.to_string())
     }
@@ -92,11 +142,8 @@ pub fn search(
     target: &ContainerRef,
     opts: &SearchOptions,
 ) -> Result<Option<Vec<String>>, PodsError> {
-    let candidates = find_candidates(body, target, opts).map_err(|e| {
-        PodsError::InvalidList(format!(
-            "{e} (expected a JSON object with an \"items\" array of pods)"
-        ))
-    })?;
+    let candidates =
+        find_candidates(body, target, opts).map_err(|e| PodsError::refused_list(body, e))?;
     let mut found: Option<Vec<String>> = None;
     for candidate in candidates {
         if found.is_some() {
@@ -139,7 +186,8 @@ fn find_candidates(
     let mut items_seen = false;
     let mut candidates = Vec::new();
     sc.object(|key, sc| {
-        if key != "items" {
+        // Only the first `items` counts, as with fastjson's `Object.Get` in SPIRE.
+        if key != "items" || items_seen {
             return sc.skip();
         }
         items_seen = true;
@@ -510,31 +558,121 @@ mod tests {
         assert_eq!(run(body, None, false), Ok(None));
     }
 
+    /// Asserts that `body` is refused as retryable, `Unavailable`, with exactly `message`.
+    fn assert_refused(body: &[u8], message: &str) {
+        let err = run(body, None, false).unwrap_err();
+        assert!(err.is_retryable(), "{err:?}");
+        let status = Status::from(err);
+        assert_eq!(status.code, Code::Unavailable, "{status}");
+        assert_eq!(
+            status.message,
+            message,
+            "{:?}",
+            String::from_utf8_lossy(body)
+        );
+    }
+
+    // The five kinds of unusable pod list. The SPIRE part of each message (up to "; " where
+    // our detail starts) is what SPIRE v1.15.3 `podListFetcher.parsePodList` returns for the
+    // same body; the fastjson texts were produced by fastjson itself.
+
     #[test]
-    fn bad_bodies_are_clear_errors() {
-        for (body, needle) in [
-            (&b"[]"[..], "expected an object at byte 0"),
-            (b"{}", "no \"items\" field"),
-            (b"{\"items\":{}}", "expected an array"),
-            (b"{\"items\":[1]}", "expected an object"),
-            (b"{\"items\":[]} x", "trailing characters"),
-            (b"", "unexpected end of input at byte 0"),
+    fn body_that_is_not_json() {
+        assert_refused(
+            b"<!DOCTYPE html>",
+            r#"unable to parse kubelet response: cannot parse JSON: cannot parse number: unexpected char: "<"; unparsed tail: "<!DOCTYPE html>""#,
+        );
+        assert_refused(
+            b"",
+            r#"unable to parse kubelet response: cannot parse JSON: cannot parse empty string; unparsed tail: """#,
+        );
+        assert_refused(
+            br#"{"items":[]} x"#,
+            r#"unable to parse kubelet response: unexpected tail: "x""#,
+        );
+    }
+
+    #[test]
+    fn truncated_body() {
+        assert_refused(
+            br#"{"kind":"PodList","items":[{"metadata":{"uid":""#,
+            r#"unable to parse kubelet response: cannot parse JSON: cannot parse object: cannot parse object value: cannot parse array: cannot parse array value: cannot parse object: cannot parse object value: cannot parse object: cannot parse object value: cannot parse string: missing closing '"'; unparsed tail: """#,
+        );
+        assert_refused(
+            br#"{"items":[{"metadata":"#,
+            r#"unable to parse kubelet response: cannot parse JSON: cannot parse object: cannot parse object value: cannot parse array: cannot parse array value: cannot parse object: cannot parse object value: cannot parse empty string; unparsed tail: """#,
+        );
+        // A syntax error anywhere wins over a wrong shape, as SPIRE parses before it looks.
+        assert_refused(
+            b"[1,",
+            r#"unable to parse kubelet response: cannot parse JSON: cannot parse array: cannot parse array value: cannot parse empty string; unparsed tail: """#,
+        );
+        assert_refused(
+            br#"{"items":5,"#,
+            r#"unable to parse kubelet response: cannot parse JSON: cannot parse object: cannot find opening '"" for object key; unparsed tail: """#,
+        );
+    }
+
+    #[test]
+    fn array_instead_of_an_object() {
+        assert_refused(
+            br#"[{"metadata":{"uid":"x"}}]"#,
+            "invalid kubelet response: expected an object; got an array",
+        );
+        assert_refused(
+            br#""items""#,
+            "invalid kubelet response: expected an object; got a string",
+        );
+    }
+
+    #[test]
+    fn object_without_items() {
+        assert_refused(
+            br#"{"kind":"PodList","apiVersion":"v1","metadata":{}}"#,
+            r#"invalid kubelet response: expected an items array; the object has no "items" field"#,
+        );
+    }
+
+    #[test]
+    fn items_that_are_not_an_array() {
+        for (body, kind) in [
+            (
+                &br#"{"kind":"PodList","items":{"metadata":{}}}"#[..],
+                "an object",
+            ),
+            (br#"{"items":"x"}"#, "a string"),
+            (br#"{"items":5}"#, "a number"),
+            (br#"{"items":false}"#, "a boolean"),
+            // Only the first `items` counts.
+            (br#"{"items":5,"items":[]}"#, "a number"),
+        ] {
+            assert_refused(
+                body,
+                &format!(r#"invalid kubelet response: expected an items array; "items" is {kind}"#),
+            );
+        }
+        // `null` is no pods, and a later `items` is ignored.
+        assert_eq!(run(br#"{"items":null,"items":5}"#, None, false), Ok(None));
+    }
+
+    #[test]
+    fn bodies_only_our_parser_refuses() {
+        // SPIRE's parser accepts these; ours wants the pods and their UIDs to be what a
+        // kubelet sends. SPIRE's prefix for an unparsable list, then our reason.
+        for (body, detail) in [
+            (&b"{\"items\":[1]}"[..], "expected an object at byte 10"),
             (
                 b"{\"items\":[{\"metadata\":{\"uid\":5}}]}",
-                "expected a string",
+                "expected a string at byte 29",
             ),
+            (b"{\"items\":[\"\x01\"]}", "expected an object at byte 10"),
         ] {
-            let err = run(body, None, false).unwrap_err();
-            assert!(err.is_retryable());
-            let status = Status::from(err);
-            assert_eq!(status.code, Code::Unavailable);
-            assert!(
-                status
-                    .message
-                    .starts_with("unable to parse kubelet pod list: "),
-                "{status}"
+            assert_refused(
+                body,
+                &format!(
+                    "unable to parse kubelet response: {detail} (expected a JSON object with an \"items\" array of pods)"
+                ),
             );
-            assert!(status.message.contains(needle), "{status} lacks {needle}");
         }
     }
 

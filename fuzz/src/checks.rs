@@ -140,7 +140,10 @@ pub fn pods(data: &[u8]) {
         Ok(None) => {}
         Err(e) => {
             let retryable = e.is_retryable();
-            assert_eq!(retryable, matches!(e, PodsError::InvalidList(_)));
+            assert_eq!(
+                retryable,
+                !matches!(e, PodsError::InvalidPod(_) | PodsError::TwoPods)
+            );
             let status = Status::from(e);
             assert!(matches!(status.code, Code::Unavailable | Code::Internal));
             assert!(!status.message.is_empty());

@@ -356,6 +356,71 @@ fn real_plugin_reports_spire_status_codes() {
     kill_and_reap(host_pid);
 }
 
+/// The five kinds of unusable `/pods` body, as the agent sees them through go-plugin: SPIRE
+/// v1.15.3's code and message first (`podlistfetcher.go` `podListFetcher.parsePodList`,
+/// reported by `k8s.go` `Plugin.attestByPIDReference` as `Unavailable` after
+/// `max_poll_attempts`), our detail after "; ". The fastjson texts were produced by fastjson.
+#[test]
+fn real_plugin_gives_spires_texts_for_unusable_pod_lists() {
+    if !require_root() {
+        return;
+    }
+    let k = kubelet();
+    let sb = sandbox("plugin-bad-lists");
+    let app = sb
+        .container(Layout::SystemdContainerd, POD_UID, &app_hex())
+        .expect("cgroup");
+    let pid = sleeper(&app);
+    let mut host = Host::start_real();
+    host.load();
+    assert_eq!(host.configure(&k.plugin_data), ("OK".into(), String::new()));
+    for (what, body, want) in [
+        (
+            "not JSON",
+            &b"<!DOCTYPE html>"[..],
+            r#"unable to parse kubelet response: cannot parse JSON: cannot parse number: unexpected char: "<"; unparsed tail: "<!DOCTYPE html>""#,
+        ),
+        (
+            "truncated",
+            br#"{"kind":"PodList","items":[{"metadata":"#,
+            r#"unable to parse kubelet response: cannot parse JSON: cannot parse object: cannot parse object value: cannot parse array: cannot parse array value: cannot parse object: cannot parse object value: cannot parse empty string; unparsed tail: """#,
+        ),
+        (
+            "an array",
+            br#"[{"metadata":{"uid":"x"}}]"#,
+            "invalid kubelet response: expected an object; got an array",
+        ),
+        (
+            "no items",
+            br#"{"kind":"PodList","apiVersion":"v1","metadata":{}}"#,
+            r#"invalid kubelet response: expected an items array; the object has no "items" field"#,
+        ),
+        (
+            "items not an array",
+            br#"{"kind":"PodList","items":"none"}"#,
+            r#"invalid kubelet response: expected an items array; "items" is a string"#,
+        ),
+    ] {
+        k.sim.set_body(body);
+        assert_eq!(
+            code(&host.attest(pid)),
+            ("Unavailable".into(), want.to_string()),
+            "{what}"
+        );
+    }
+    // `"items": null` is a list without pods: a miss, not an unusable list.
+    k.sim.set_body(&br#"{"kind":"PodList","items":null}"#[..]);
+    assert_eq!(
+        code(&host.attest(pid)),
+        (
+            "DeadlineExceeded".into(),
+            "no selectors found after max poll attempts".into()
+        )
+    );
+    host.unload();
+    kill_and_reap(pid);
+}
+
 #[test]
 fn loads_twenty_times_in_a_row_and_exits_cleanly_each_time() {
     if !require_root() {

@@ -13,7 +13,7 @@ use std::path::Path;
 use super::{Failure, input};
 use crate::config::Config;
 use crate::locator;
-use crate::pods::{self, PodsError};
+use crate::pods;
 use crate::status::{Code, Status};
 
 /// Runs the replay and prints the selectors (`k8s:`-prefixed, sorted).
@@ -67,7 +67,7 @@ pub fn replay(
             "no selectors found after max poll attempts",
         )),
         // SPIRE retries these, then reports the last one as Unavailable.
-        Err(e @ PodsError::InvalidList(_)) => Err(Status::new(Code::Unavailable, e.to_string())),
+        Err(e) if e.is_retryable() => Err(Status::new(Code::Unavailable, e.to_string())),
         Err(e) => Err(e.into()),
     }
 }
