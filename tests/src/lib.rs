@@ -6,6 +6,7 @@ pub mod cart;
 pub mod cleanup;
 pub mod containerd;
 pub mod cri;
+pub mod demo;
 pub mod kubelet_sim;
 pub mod pidns;
 pub mod runc;

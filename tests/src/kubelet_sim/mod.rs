@@ -964,7 +964,7 @@ impl KubeletSim {
         container_id: &str,
     ) {
         let status = serde_json::json!({
-            "name": name, "image": image, "imageID": format!("{image}@sha256:{}", hex64(7)),
+            "name": name, "image": image, "imageID": late_status_image_id(image),
             "containerID": container_id, "ready": true, "restartCount": 0, "started": true,
             "state": {"running": {"startedAt": "2026-11-27T10:00:04Z"}}
         });
@@ -1006,4 +1006,9 @@ impl KubeletSim {
     pub fn set_break_tls(&self, on: bool) {
         self.shared.break_tls.store(on, Ordering::SeqCst);
     }
+}
+
+/// The `imageID` of a status added by [`KubeletSim::add_container_status_after`].
+pub fn late_status_image_id(image: &str) -> String {
+    format!("{image}@sha256:{}", hex64(7))
 }
