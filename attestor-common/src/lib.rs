@@ -3,6 +3,8 @@
 //! Everything the two sides must agree on is declared here once: the map value layout, the
 //! map and global names, and the meaning of each flag. The `user` feature adds `aya::Pod`.
 #![no_std]
+// The one `unsafe` here is the `aya::Pod` promise below; the compiler refuses any other.
+#![deny(unsafe_code)]
 
 /// Name of the `HashMap<u32 tgid, ProcEntry>` that holds one entry per live process.
 /// (The eBPF side must name its static exactly this; a userspace test checks the object.)
@@ -11,6 +13,9 @@ pub const PROCS_MAP: &str = "PROCS";
 pub const STATS_MAP: &str = "STATS";
 /// Default and bounds for the PROCS map size (entries).
 pub const DEFAULT_MAX_PROCESSES: u32 = 65_536;
+/// The largest PROCS map userspace asks for: the kernel's `PID_MAX_LIMIT` (4M processes,
+/// ≈64 MiB of map), so a full map is always a configuration choice.
+pub const MAX_PROCESSES_LIMIT: u32 = 4_194_304;
 
 /// How an entry was written.
 pub mod origin {
@@ -83,5 +88,6 @@ const _: () = assert!(core::mem::size_of::<ProcEntry>() == 16);
 const _: () = assert!(core::mem::align_of::<ProcEntry>() == 8);
 
 #[cfg(feature = "user")]
+#[allow(unsafe_code)]
 // SAFETY: ProcEntry is #[repr(C)], Copy, has no padding (u64 + u32 + u32) and any bit pattern is valid.
 unsafe impl aya::Pod for ProcEntry {}

@@ -1,5 +1,5 @@
 //! Pod list parsing (issue 3): find one container in a kubelet `/pods` body and build its
-//! selectors, with the lazy scanner (`attestor::pods::search`) versus a full `serde_json`
+//! selectors, with the lazy scanner (`attestor::selectors::search`) versus a full `serde_json`
 //! decode of the same body into typed structs.
 //!
 //! Run: `ATTESTOR_SKIP_EBPF=1 cargo bench -p attestor --bench podlist`
@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use attestor::locator::ContainerRef;
-use attestor::pods::{Pod, SearchOptions, search};
+use attestor::pods::{Pod, SearchOptions};
+use attestor::selectors::search;
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde::Deserialize;
 use serde_json::{Value, json};

@@ -11,8 +11,6 @@
 //! Errors say what went wrong but not which file: the caller names the file (a flag or a
 //! `plugin_data` key) and what to do about it.
 
-#![forbid(unsafe_code)]
-
 use std::fmt;
 use std::io::Read as _;
 use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};

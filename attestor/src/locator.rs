@@ -35,8 +35,7 @@
 //! Out of scope here: reading files, finding the process's cgroup (the tracker's job) and the
 //! legacy regex locator (`use_new_container_locator = false` is refused by `config`).
 
-#![forbid(unsafe_code)]
-
+use crate::goquote::go_quote;
 use crate::status::{Code, Status};
 
 /// What a cgroup says about its container: the container ID and, when the path carries it,
@@ -263,38 +262,6 @@ fn uid_shape(candidate: &[u8]) -> bool {
         }),
         _ => false,
     }
-}
-
-/// Go's `%q` for a string: double quotes, with `"`, `\` and non-printable characters escaped.
-pub(crate) fn go_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            '\u{07}' => out.push_str("\\a"),
-            '\u{08}' => out.push_str("\\b"),
-            '\u{0c}' => out.push_str("\\f"),
-            '\u{0b}' => out.push_str("\\v"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                out.push_str(&format!("\\x{:02x}", c as u32));
-            }
-            c if c.is_control() => {
-                if (c as u32) <= 0xffff {
-                    out.push_str(&format!("\\u{:04x}", c as u32));
-                } else {
-                    out.push_str(&format!("\\U{:08x}", c as u32));
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 #[cfg(test)]
@@ -601,11 +568,6 @@ mod tests {
         ] {
             assert_eq!(check_not_nested(&path), Ok(()), "{path}");
         }
-    }
-
-    #[test]
-    fn go_quote_escapes() {
-        assert_eq!(go_quote("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\x01\"");
     }
 
     mod props {

@@ -1,6 +1,6 @@
 //! Kubelet `/pods` body + [`ContainerRef`] → the workload's pod and container status.
 //!
-//! [`search`] is one pure function per pod-list version: the live poll loop calls it each
+//! [`find`] is one pure function per pod-list version: the live poll loop calls it each
 //! time it gets a newer list, the replay CLI calls it once. It follows SPIRE's
 //! `k8s.go`/`podlistfetcher.go`:
 //! * the body must be a JSON object with an `items` array (`null` means no pods); a body
@@ -17,7 +17,7 @@
 //!
 //! Parsing is lazy (SPIRE does the same with fastjson since v1.7.0): a scanner walks the list
 //! reading only `metadata.uid` and the status entries' `containerID`; only the matched pod
-//! is decoded in full (`serde_json`) and turned into selectors by [`crate::selectors`].
+//! is decoded in full (`serde_json`); [`crate::selectors`] turns it into selector values.
 //! A refused list is re-read with a port of SPIRE's parser (`fastjson`) only to word the
 //! error as SPIRE does. Known difference: the scanner checks only strings and brackets in the
 //! subtrees it skips, so a body whose syntax error lies there (a stray character inside a
@@ -25,8 +25,6 @@
 //!
 //! Out of scope: fetching the list, retry timing (the poll loop), and selector formats
 //! (`selectors`).
-
-#![forbid(unsafe_code)]
 
 mod fastjson;
 mod scan;
@@ -36,6 +34,7 @@ use std::ops::Range;
 
 use serde::Deserialize;
 
+use crate::config::Config;
 use crate::locator::ContainerRef;
 use crate::status::{Code, Status};
 use scan::{ScanResult, Scanner};
@@ -53,6 +52,11 @@ impl SearchOptions {
         SearchOptions {
             disable_container_selectors,
         }
+    }
+
+    /// What a validated configuration asks for.
+    pub fn from_config(config: &Config) -> Self {
+        Self::new(config.disable_container_selectors())
     }
 }
 
@@ -133,31 +137,44 @@ impl From<PodsError> for Status {
     }
 }
 
+/// The workload's pod from one list: decoded in full, with the status entry of the
+/// workload's container (none when found by pod UID alone, or with container selectors off).
+#[derive(Debug)]
+pub struct Found {
+    pub pod: Pod,
+    matched: Option<(StatusList, usize)>,
+}
+
+impl Found {
+    /// The workload container's status entry, if the search matched one.
+    pub fn workload(&self) -> Option<&ContainerStatus> {
+        let (list, index) = self.matched?;
+        self.pod.status.list(list).get(index)
+    }
+}
+
 /// Searches one pod list for the target container.
 ///
-/// `Ok(Some(values))`: the selector values without the `k8s:` prefix, sorted bytewise and
-/// deduplicated. `Ok(None)`: not in this list, poll again.
-pub fn search(
+/// `Ok(Some(found))`: the one pod that holds it ([`crate::selectors`] makes its values).
+/// `Ok(None)`: not in this list, poll again.
+pub fn find(
     body: &[u8],
     target: &ContainerRef,
     opts: &SearchOptions,
-) -> Result<Option<Vec<String>>, PodsError> {
+) -> Result<Option<Found>, PodsError> {
     let candidates =
         find_candidates(body, target, opts).map_err(|e| PodsError::refused_list(body, e))?;
-    let mut found: Option<Vec<String>> = None;
+    let mut found: Option<Found> = None;
     for candidate in candidates {
         if found.is_some() {
             return Err(PodsError::TwoPods);
         }
         let pod: Pod = serde_json::from_slice(&body[candidate.range.clone()])
             .map_err(|e| PodsError::InvalidPod(e.to_string()))?;
-        let workload = match candidate.matched {
-            Some((list, index)) if !opts.disable_container_selectors => {
-                pod.status.list(list).get(index)
-            }
-            _ => None,
-        };
-        found = Some(crate::selectors::build(&pod, workload));
+        let matched = candidate
+            .matched
+            .filter(|_| !opts.disable_container_selectors);
+        found = Some(Found { pod, matched });
     }
     Ok(found)
 }
@@ -417,7 +434,8 @@ mod tests {
         uid: Option<&str>,
         disable: bool,
     ) -> Result<Option<Vec<String>>, PodsError> {
-        search(body, &target(uid), &SearchOptions::new(disable))
+        // The values, as callers see them (`selectors::search`).
+        crate::selectors::search(body, &target(uid), &SearchOptions::new(disable))
     }
 
     #[test]

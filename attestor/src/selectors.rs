@@ -7,11 +7,21 @@
 //! Out of scope: `ns-label:` (needs the API server; `enable_namespace_labels` is refused by
 //! `config`) and sigstore selectors (`sigstore` is refused too).
 
-#![forbid(unsafe_code)]
-
 use std::collections::BTreeSet;
 
-use crate::pods::{ContainerStatus, Pod};
+use crate::locator::ContainerRef;
+use crate::pods::{self, ContainerStatus, Pod, PodsError, SearchOptions};
+
+/// Searches one pod list ([`pods::find`]) and makes the found pod's selector values:
+/// `Ok(Some(values))`, without the `k8s:` prefix, sorted bytewise and deduplicated;
+/// `Ok(None)`: not in this list, poll again.
+pub fn search(
+    body: &[u8],
+    target: &ContainerRef,
+    opts: &SearchOptions,
+) -> Result<Option<Vec<String>>, PodsError> {
+    Ok(pods::find(body, target, opts)?.map(|found| build(&found.pod, found.workload())))
+}
 
 /// Selector values of a pod; with `workload`, also those of the workload's container.
 ///

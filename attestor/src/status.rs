@@ -1,54 +1,36 @@
 //! The outcome vocabulary shared by every surface (CLI, plugin, library):
 //! a gRPC status code and a message, exactly as SPIRE's k8s attestor reports them.
 //!
-//! Modules keep their own error enums; this is where they meet the outside world.
+//! The code is gRPC's own ([`tonic::Code`], which the plugin surface sends as is); this
+//! module adds only the one spelling our outputs print. Modules keep their own error
+//! enums; this is where they meet the outside world.
 
 use std::fmt;
 
-/// gRPC status codes used by SPIRE's k8s attestor (names as gRPC prints them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Code {
-    Canceled,
-    Unknown,
-    InvalidArgument,
-    DeadlineExceeded,
-    NotFound,
-    FailedPrecondition,
-    Internal,
-    Unavailable,
-    Unauthenticated,
-}
+pub use tonic::Code;
 
-impl Code {
-    /// The gRPC code name, e.g. `FailedPrecondition`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Code::Canceled => "Canceled",
-            Code::Unknown => "Unknown",
-            Code::InvalidArgument => "InvalidArgument",
-            Code::DeadlineExceeded => "DeadlineExceeded",
-            Code::NotFound => "NotFound",
-            Code::FailedPrecondition => "FailedPrecondition",
-            Code::Internal => "Internal",
-            Code::Unavailable => "Unavailable",
-            Code::Unauthenticated => "Unauthenticated",
-        }
-    }
-
-    /// The numeric gRPC code.
-    pub fn number(self) -> i32 {
-        match self {
-            Code::Canceled => 1,
-            Code::Unknown => 2,
-            Code::InvalidArgument => 3,
-            Code::DeadlineExceeded => 4,
-            Code::NotFound => 5,
-            Code::FailedPrecondition => 9,
-            Code::Internal => 13,
-            Code::Unavailable => 14,
-            Code::Unauthenticated => 16,
-        }
+/// The code's name as our CLI JSON, logs and metrics label print it (`FailedPrecondition`).
+/// gRPC's `CANCELLED` is printed `Canceled`, as Go's `codes.Canceled.String()` does (the
+/// SPIRE agent logs that spelling), not as tonic's `Cancelled`.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
     }
 }
 
@@ -66,12 +48,60 @@ impl Status {
             message: message.into(),
         }
     }
+
+    /// [`code_name`] of this status's code.
+    pub fn code_name(&self) -> &'static str {
+        code_name(self.code)
+    }
+}
+
+/// SPIRE's give-up: every poll attempt got a pod list and none held the workload
+/// (`k8s.go` `Plugin.Attest`: `DeadlineExceeded` "no selectors found after max poll
+/// attempts"). The one place these words are written; the poll loop and the replay say it.
+pub fn gave_up() -> Status {
+    Status::new(Code::DeadlineExceeded, GAVE_UP)
+}
+
+const GAVE_UP: &str = "no selectors found after max poll attempts";
+
+impl Status {
+    /// Whether this is [`gave_up`].
+    pub fn is_gave_up(&self) -> bool {
+        self.code == Code::DeadlineExceeded && self.message == GAVE_UP
+    }
+}
+
+impl From<Status> for tonic::Status {
+    fn from(s: Status) -> Self {
+        tonic::Status::new(s.code, s.message)
+    }
 }
 
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.code.name(), self.message)
+        write!(f, "{}: {}", self.code_name(), self.message)
     }
 }
 
 impl std::error::Error for Status {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_gos_spelling() {
+        assert_eq!(code_name(Code::Cancelled), "Canceled");
+        assert_eq!(
+            Status::new(Code::FailedPrecondition, "x").to_string(),
+            "FailedPrecondition: x"
+        );
+        // Every code's name is its Debug name except Go's one-L Canceled and OK.
+        for n in 0..=16 {
+            let code = Code::from_i32(n);
+            if !matches!(code, Code::Cancelled | Code::Ok) {
+                assert_eq!(code_name(code), format!("{code:?}"));
+            }
+        }
+    }
+}

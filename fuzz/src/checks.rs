@@ -7,7 +7,8 @@
 
 use attestor::config::Config;
 use attestor::locator::{ContainerRef, locate_cgroup_file, locate_path};
-use attestor::pods::{PodsError, SearchOptions, search};
+use attestor::pods::{PodsError, SearchOptions};
+use attestor::selectors::search;
 use attestor::status::{Code, Status};
 
 /// `plugin_data` (HCL v1 or JSON) → `Config::parse`. Valid configs must satisfy the
@@ -27,7 +28,7 @@ pub fn config(data: &[u8]) {
             let _ = c.node_name(|_| None);
             let _ = c.kubelet_host(|_| Some("node-from-env".into()));
             let _ = c.reload_interval();
-            let _ = c.search_options();
+            let _ = attestor::pods::SearchOptions::from_config(&c);
             assert!(c.max_poll_attempts() >= 1, "max_poll_attempts 0 accepted");
             let _ = c.poll_retry_interval();
             assert!(
@@ -154,7 +155,7 @@ pub fn pods(data: &[u8]) {
 // ---------------------------------------------------------------------------------------
 // The plugin's message handling.
 
-use attestor::cli::plugin::K8s;
+use attestor::attest::K8s;
 use attestor::plugin::in_process::{InProcess, Reply, first_frame, frame};
 use attestor::plugin::proto::config::{ConfigureRequest, ValidateRequest, ValidateResponse};
 use attestor::plugin::proto::init::{InitRequest, InitResponse};

@@ -1,4 +1,4 @@
-//! A small but real [`Attestor`] for the plugin tests: the real [`Tracker`] resolves the PID
+//! A small but real [`WorkloadAttestor`] for the plugin tests: the real [`Tracker`] resolves the PID
 //! and the selectors come from its cgroup (`cgroup-path:<path>`, `cgroup-id:<id>`). The
 //! integrator replaces it with the SPIRE k8s pipeline; the plugin surface does not change.
 //!
@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-use attestor::plugin::{Attestor, CancellationToken};
+use attestor::plugin::{CancellationToken, WorkloadAttestor};
 use attestor::status::{Code, Status};
 use attestor::tracker::{ResolveError, Tracker, TrackerOptions};
 
@@ -128,7 +128,7 @@ impl TestAttestor {
     }
 }
 
-impl Attestor for TestAttestor {
+impl WorkloadAttestor for TestAttestor {
     fn configure(&self, hcl: &str) -> Result<(), Status> {
         let config = parse_config(hcl)?;
         if config.panic_on_configure {
@@ -177,7 +177,7 @@ impl Attestor for TestAttestor {
         {
             log::debug!(pid = pid; "test attestor: holding until cancelled");
             cancel.cancelled().await;
-            return Err(Status::new(Code::Canceled, "attest cancelled"));
+            return Err(Status::new(Code::Cancelled, "attest cancelled"));
         }
         if !r.is_alive() {
             return Err(Status::new(

@@ -508,11 +508,7 @@ async fn restarted_container_new_id_same_pod() {
         container_id: first.id.clone(),
     };
     let list = k.sim.current_body();
-    let found = attestor::pods::search(
-        &list,
-        &old,
-        &attestor::config::Config::default().search_options(),
-    );
+    let found = attestor::selectors::search(&list, &old, &attestor::pods::SearchOptions::default());
     assert_eq!(
         found.map_err(|e| e.to_string()),
         Ok(None),

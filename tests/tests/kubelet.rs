@@ -822,7 +822,7 @@ async fn cancelling_one_waiter_does_not_cancel_the_shared_request() {
 
     assert_eq!(
         ok(a.await),
-        Err(Status::new(Code::Canceled, "attestation canceled"))
+        Err(Status::new(Code::Cancelled, "attestation canceled"))
     );
     assert_eq!(ok(b.await), Ok(1));
     assert!(ok_or_cancelled(c.await));

@@ -312,7 +312,7 @@ async fn cancellation_is_honoured() {
         .attest(pid as i64, tokio::time::sleep(Duration::from_millis(150)))
         .await
         .expect_err("canceled");
-    assert_eq!(e.code, Code::Canceled);
+    assert_eq!(e.code, Code::Cancelled);
     assert!(sim.request_count() < 1000);
     kill_and_reap(pid);
 }

@@ -3,8 +3,6 @@
 //! a regular file, or `-` for stdin (bounded too; a file named `-` is `./-`). Errors name the
 //! input, the file, what is wrong and what to give instead.
 
-#![forbid(unsafe_code)]
-
 use std::path::Path;
 
 use crate::boundedfile::{self, Kind};

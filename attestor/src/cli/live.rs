@@ -5,11 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{Failure, OutputFormat};
-use crate::attest::{Attestor, Trace};
-use crate::config::{Config, Tracker as TrackerKey};
+use crate::attest::{self, Attestor, Trace};
 use crate::locator::{self, ContainerRef};
 use crate::status::{Code, Status};
-use crate::tracker::{MEMBERSHIPS_SOURCE, Tracker, TrackerMode, TrackerOptions};
+use crate::tracker::{MEMBERSHIPS_SOURCE, Tracker};
 
 #[derive(Debug, clap::Args)]
 pub struct ExplainArgs {
@@ -24,23 +23,10 @@ pub struct ExplainArgs {
     output: OutputFormat,
 }
 
-/// The tracker the configuration asks for.
-pub(crate) fn tracker_options(config: &Config) -> TrackerOptions {
-    TrackerOptions {
-        mode: match config.tracker() {
-            TrackerKey::Auto => TrackerMode::Auto,
-            TrackerKey::Ebpf => TrackerMode::Ebpf,
-            TrackerKey::Procfs => TrackerMode::Procfs,
-        },
-        max_processes: config.tracker_max_processes(),
-        ..TrackerOptions::default()
-    }
-}
-
 fn build(config_path: Option<&Path>) -> Result<(tokio::runtime::Runtime, Attestor), Status> {
     let config = super::load_config(config_path)?;
-    let tracker = Tracker::start(&tracker_options(&config))
-        .map_err(|e| Status::new(Code::FailedPrecondition, e.to_string()))?;
+    let tracker =
+        Tracker::start(&attest::tracker_options(&config)).map_err(attest::start_status)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -199,7 +185,7 @@ fn json(attestor: &Attestor, t: &Trace, result: &Result<Vec<String>, Status>) ->
         Ok(selectors) => serde_json::json!({
             "selectors": selectors.iter().map(|s| format!("k8s:{s}")).collect::<Vec<_>>()
         }),
-        Err(e) => serde_json::json!({"error": {"code": e.code.name(), "message": e.message}}),
+        Err(e) => serde_json::json!({"error": {"code": e.code_name(), "message": e.message}}),
     };
     serde_json::json!({
         "pid": t.pid,

@@ -13,11 +13,9 @@ mod check_config;
 mod input;
 mod live;
 mod logger;
-pub mod plugin;
+mod plugin;
 mod replay;
 mod resolve;
-
-pub use replay::replay;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -108,7 +106,7 @@ impl Failure {
             }
             OutputFormat::Json => {
                 let body = serde_json::json!({
-                    "error": {"code": self.status.code.name(), "message": self.status.message}
+                    "error": {"code": self.status.code_name(), "message": self.status.message}
                 });
                 println!("{body}");
             }
@@ -175,7 +173,7 @@ pub fn main() -> i32 {
         },
         Some(Command::Explain(args)) => live::explain(&args),
         Some(Command::CheckConfig { file }) => check_config::run(&file),
-        Some(Command::Resolve(args)) => return resolve::run(&args),
+        Some(Command::Resolve(args)) => resolve::run(&args),
     };
     match result {
         Ok(()) => 0,

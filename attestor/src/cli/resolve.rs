@@ -1,6 +1,9 @@
 //! `attestor resolve --pid <PID>`: PID → cgroup, and which source answered (operator tool).
 
-use crate::tracker::{Resolution, Tracker, TrackerMode, TrackerOptions};
+use super::{Failure, OutputFormat};
+use crate::attest;
+use crate::config::TrackerMode;
+use crate::tracker::{Resolution, Tracker, TrackerOptions};
 
 #[derive(Debug, clap::Args)]
 pub struct ResolveArgs {
@@ -8,31 +11,19 @@ pub struct ResolveArgs {
     #[arg(long, allow_negative_numbers = true)]
     pub pid: i64,
     /// Process tracking: auto (eBPF, else fallback), ebpf (required) or procfs.
-    #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
-    pub tracker: ModeArg,
+    #[arg(long, default_value = "auto", value_parser = parse_mode)]
+    pub tracker: TrackerMode,
     /// Forward the kernel programs' debug records (aya-log) to stderr (set ATTESTOR_LOG=debug).
     #[arg(long)]
     pub ebpf_log: bool,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = super::OutputFormat::Text)]
-    pub output: super::OutputFormat,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum ModeArg {
-    Auto,
-    Ebpf,
-    Procfs,
-}
-
-impl From<ModeArg> for TrackerMode {
-    fn from(m: ModeArg) -> Self {
-        match m {
-            ModeArg::Auto => TrackerMode::Auto,
-            ModeArg::Ebpf => TrackerMode::Ebpf,
-            ModeArg::Procfs => TrackerMode::Procfs,
-        }
-    }
+/// `--tracker` takes the `tracker` key's spellings ([`TrackerMode`]'s one parser).
+fn parse_mode(s: &str) -> Result<TrackerMode, String> {
+    s.parse()
 }
 
 pub fn json_of(r: &Resolution) -> serde_json::Value {
@@ -45,43 +36,33 @@ pub fn json_of(r: &Resolution) -> serde_json::Value {
     })
 }
 
-pub fn run(args: &ResolveArgs) -> i32 {
+pub(super) fn run(args: &ResolveArgs) -> Result<(), Failure> {
+    let fail = |status| Failure {
+        status,
+        format: args.output,
+        notes: Vec::new(),
+    };
     let opts = TrackerOptions {
-        mode: args.tracker.into(),
+        mode: args.tracker,
         ebpf_log_level: if args.ebpf_log { 4 } else { 0 },
         ..TrackerOptions::default()
     };
-    let tracker = match Tracker::start(&opts) {
-        Ok(t) => t,
-        Err(e) => return fail(args.output, &e),
-    };
-    match (tracker.resolve(args.pid), args.output) {
-        (Ok(r), super::OutputFormat::Text) => {
+    let tracker = Tracker::start(&opts)
+        .map_err(attest::start_status)
+        .map_err(fail)?;
+    let r = tracker
+        .resolve(args.pid)
+        .map_err(attest::resolve_status)
+        .map_err(fail)?;
+    match args.output {
+        OutputFormat::Text => {
             println!("pid:         {}", r.pid);
             println!("cgroup id:   {}", r.cgroup_id);
             println!("cgroup path: {}", r.cgroup_path);
             println!("source:      {}", r.source);
             println!("elapsed:     {:?}", r.elapsed);
-            0
         }
-        (Ok(r), super::OutputFormat::Json) => {
-            println!("{}", json_of(&r));
-            0
-        }
-        (Err(e), output) => fail(output, &e),
+        OutputFormat::Json => println!("{}", json_of(&r)),
     }
-}
-
-/// Errors go to stderr in text mode and to stdout as `{"error":{"message":…}}` in JSON mode.
-fn fail(output: super::OutputFormat, e: &dyn std::fmt::Display) -> i32 {
-    match output {
-        super::OutputFormat::Text => eprintln!("error: {e}"),
-        super::OutputFormat::Json => {
-            println!(
-                "{}",
-                serde_json::json!({"error": {"message": e.to_string()}})
-            )
-        }
-    }
-    1
+    Ok(())
 }

@@ -1,9 +1,7 @@
 //! Go's `time.ParseDuration`, message for message, because SPIRE's config errors embed its
 //! text (`unable to parse poll retry interval: time: invalid duration "x"`).
 
-#![forbid(unsafe_code)]
-
-use crate::locator::go_quote;
+use crate::goquote::go_quote;
 
 const OVERFLOW: u64 = 1 << 63;
 

@@ -16,8 +16,6 @@
 //!
 //! Repeated keys are kept in order; `config` decides what repetition means.
 
-#![forbid(unsafe_code)]
-
 /// A parsed value. Numbers keep their source text so `config` can apply Go's integer rules.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {

@@ -16,8 +16,6 @@
 //! Out of scope: reading the CA, token and key files (the kubelet client does that at
 //! configure time and on reload; SPIRE's `Validate` does not read them either).
 
-#![forbid(unsafe_code)]
-
 mod duration;
 pub mod hcl;
 
@@ -27,9 +25,13 @@ use std::time::Duration;
 pub use duration::parse_go_duration;
 use hcl::Value;
 
-use crate::pods::SearchOptions;
+use crate::goquote::go_quote;
 use crate::status::{Code, Status};
 
+// SPIRE's defaults, the one table of them (study §1; `k8s.go` `defaultKubeletPort`,
+// `defaultTokenPath`, `defaultNodeNameEnv`, `defaultMaxPollAttempts`,
+// `defaultPollRetryInterval`, `defaultReloadInterval`; the CA path is the service account's).
+// The kubelet client takes its defaults from here.
 pub const DEFAULT_KUBELET_SECURE_PORT: u16 = 10250;
 pub const DEFAULT_KUBELET_CA_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
 pub const DEFAULT_TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
@@ -37,8 +39,11 @@ pub const DEFAULT_NODE_NAME_ENV: &str = "MY_NODE_NAME";
 pub const DEFAULT_MAX_POLL_ATTEMPTS: u64 = 60;
 pub const DEFAULT_POLL_RETRY_INTERVAL: Duration = Duration::from_millis(500);
 pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(60);
-pub const DEFAULT_TRACKER_MAX_PROCESSES: u32 = 65536;
-pub const TRACKER_MAX_PROCESSES_RANGE: std::ops::RangeInclusive<i64> = 1024..=4_194_304;
+// Ours (CONFIG.md): the map size the kernel programs are built with, and what a
+// configuration may ask for (the top is the kernel's PID_MAX_LIMIT).
+pub const DEFAULT_TRACKER_MAX_PROCESSES: u32 = attestor_common::DEFAULT_MAX_PROCESSES;
+pub const TRACKER_MAX_PROCESSES_RANGE: std::ops::RangeInclusive<i64> =
+    1024..=attestor_common::MAX_PROCESSES_LIMIT as i64;
 
 /// One configuration problem. Texts match SPIRE's where SPIRE has the rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -109,15 +114,45 @@ pub enum KubeletAuth {
     Token(PathBuf),
 }
 
-/// How processes are mapped to cgroups (our key `tracker`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tracker {
-    /// eBPF, falling back to /proc with a warning when eBPF cannot be used.
+/// How processes are mapped to cgroups: our key `tracker`, the tracker's start mode and the
+/// CLI's `--tracker` (one vocabulary; [`TrackerMode::from_str`] reads all three spellings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TrackerMode {
+    /// eBPF if it can be loaded, else the fallbacks (PIDFD_GET_INFO, /proc) with one warning
+    /// saying why.
+    #[default]
     Auto,
     /// eBPF or fail at start.
     Ebpf,
-    /// /proc only.
+    /// Never load eBPF (pidfd + /proc only).
     Procfs,
+}
+
+impl TrackerMode {
+    /// The spelling `plugin_data` and `--tracker` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrackerMode::Auto => "auto",
+            TrackerMode::Ebpf => "ebpf",
+            TrackerMode::Procfs => "procfs",
+        }
+    }
+}
+
+impl std::str::FromStr for TrackerMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(TrackerMode::Auto),
+            "ebpf" => Ok(TrackerMode::Ebpf),
+            "procfs" => Ok(TrackerMode::Procfs),
+            other => Err(format!(
+                "must be \"auto\", \"ebpf\" or \"procfs\", got {}",
+                go_quote(other)
+            )),
+        }
+    }
 }
 
 /// Validated plugin configuration. Construct with [`Config::parse`] or `Config::default()`
@@ -139,7 +174,7 @@ pub struct Config {
     disable_container_selectors: bool,
     verbose_container_locator_logs: bool,
     api_server_cache: bool,
-    tracker: Tracker,
+    tracker: TrackerMode,
     tracker_max_processes: u32,
 }
 
@@ -161,7 +196,7 @@ impl Default for Config {
             disable_container_selectors: false,
             verbose_container_locator_logs: false,
             api_server_cache: false,
-            tracker: Tracker::Auto,
+            tracker: TrackerMode::Auto,
             tracker_max_processes: DEFAULT_TRACKER_MAX_PROCESSES,
         }
     }
@@ -287,17 +322,12 @@ impl Config {
         self.api_server_cache
     }
 
-    pub fn tracker(&self) -> Tracker {
+    pub fn tracker(&self) -> TrackerMode {
         self.tracker
     }
 
     pub fn tracker_max_processes(&self) -> u32 {
         self.tracker_max_processes
-    }
-
-    /// Options for [`crate::pods::search`].
-    pub fn search_options(&self) -> SearchOptions {
-        SearchOptions::new(self.disable_container_selectors)
     }
 }
 
@@ -504,16 +534,12 @@ impl Raw {
             }
         }
 
-        match self.tracker.as_deref() {
-            None | Some("auto") => config.tracker = Tracker::Auto,
-            Some("ebpf") => config.tracker = Tracker::Ebpf,
-            Some("procfs") => config.tracker = Tracker::Procfs,
-            Some(other) => errors.push(ConfigError::InvalidValue {
+        match self.tracker.as_deref().map(str::parse::<TrackerMode>) {
+            None => config.tracker = TrackerMode::Auto,
+            Some(Ok(mode)) => config.tracker = mode,
+            Some(Err(reason)) => errors.push(ConfigError::InvalidValue {
                 key: "tracker",
-                reason: format!(
-                    "must be \"auto\", \"ebpf\" or \"procfs\", got {}",
-                    crate::locator::go_quote(other)
-                ),
+                reason,
             }),
         }
         if let Some(n) = self.tracker_max_processes {
@@ -586,7 +612,7 @@ fn port(key: &'static str, p: i64) -> Result<u16, ConfigError> {
 
 fn describe(value: &Value) -> String {
     match value {
-        Value::String(s) => format!("string {}", crate::locator::go_quote(s)),
+        Value::String(s) => format!("string {}", go_quote(s)),
         Value::Number(n) => format!("number {n}"),
         Value::Bool(b) => format!("bool {b}"),
         other => other.kind().to_string(),

@@ -56,7 +56,7 @@ fn empty_plugin_data_gives_spire_defaults() {
         assert!(c.use_new_container_locator());
         assert!(!c.verbose_container_locator_logs());
         assert!(!c.experimental_api_server_cache());
-        assert_eq!(c.tracker(), Tracker::Auto);
+        assert_eq!(c.tracker(), TrackerMode::Auto);
         assert_eq!(c.tracker_max_processes(), 65536);
         assert_eq!(
             c.kubelet_auth(),
@@ -146,10 +146,10 @@ fn every_key_bare_and_quoted() {
         assert_eq!(c.poll_retry_interval(), Duration::from_millis(1500));
         assert_eq!(c.reload_interval(), Duration::from_secs(5400));
         assert!(c.disable_container_selectors());
-        assert!(c.search_options().disable_container_selectors);
+        assert!(c.disable_container_selectors());
         assert!(c.verbose_container_locator_logs());
         assert!(c.experimental_api_server_cache());
-        assert_eq!(c.tracker(), Tracker::Procfs);
+        assert_eq!(c.tracker(), TrackerMode::Procfs);
         assert_eq!(c.tracker_max_processes(), 1024);
     }
 }
@@ -367,8 +367,8 @@ fn disable_kubelet_client_exclusivity_messages_come_first() {
 
 #[test]
 fn tracker_keys() {
-    assert_eq!(ok("tracker = \"ebpf\"").tracker(), Tracker::Ebpf);
-    assert_eq!(ok("tracker = \"auto\"").tracker(), Tracker::Auto);
+    assert_eq!(ok("tracker = \"ebpf\"").tracker(), TrackerMode::Ebpf);
+    assert_eq!(ok("tracker = \"auto\"").tracker(), TrackerMode::Auto);
     assert_eq!(
         first_error("tracker = \"bpf\""),
         "tracker must be \"auto\", \"ebpf\" or \"procfs\", got \"bpf\""

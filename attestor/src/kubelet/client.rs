@@ -29,16 +29,12 @@ use tokio::time::Instant;
 
 use super::tls::{self, ClientCertFiles, TlsMaterial, Verification};
 use crate::boundedfile;
+use crate::config::{
+    DEFAULT_KUBELET_CA_PATH, DEFAULT_KUBELET_SECURE_PORT, DEFAULT_RELOAD_INTERVAL,
+    DEFAULT_TOKEN_PATH,
+};
 use crate::status::{Code, Status};
 
-/// The kubelet's default secure port (`kubelet_secure_port`).
-pub const DEFAULT_SECURE_PORT: u16 = 10250;
-/// Default `kubelet_ca_path`: the cluster CA mounted into every pod.
-pub const DEFAULT_CA_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
-/// Default `token_path`: the pod's service-account token.
-pub const DEFAULT_TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
-/// Default `reload_interval` (SPIRE: `1m`).
-pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(60);
 /// Per-request timeout (SPIRE's `kubeletRequestTimeout`), not tied to the caller.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest `/pods` answer accepted: 64 MiB. A 110-pod node answers roughly 1 MiB and a
@@ -102,11 +98,11 @@ impl KubeletSettings {
     pub fn read_only(port: u16) -> Self {
         KubeletSettings {
             endpoint: Endpoint::ReadOnly { port },
-            ..Self::secure(DEFAULT_SECURE_PORT, None)
+            ..Self::secure(DEFAULT_KUBELET_SECURE_PORT, None)
         }
     }
 
-    /// Secure port with SPIRE's defaults: verify against [`DEFAULT_CA_PATH`],
+    /// Secure port with SPIRE's defaults: verify against [`DEFAULT_KUBELET_CA_PATH`],
     /// authenticate with [`DEFAULT_TOKEN_PATH`].
     pub fn secure(port: u16, node_name: Option<String>) -> Self {
         KubeletSettings {
@@ -114,7 +110,7 @@ impl KubeletSettings {
                 port,
                 host: node_name,
             },
-            ca_path: PathBuf::from(DEFAULT_CA_PATH),
+            ca_path: PathBuf::from(DEFAULT_KUBELET_CA_PATH),
             skip_verification: false,
             auth: Auth::Token {
                 path: PathBuf::from(DEFAULT_TOKEN_PATH),

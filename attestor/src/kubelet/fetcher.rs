@@ -328,15 +328,12 @@ impl<F: FetchPods> PodListFetcher<F> {
             }
             Err(match last_error {
                 Some(e) => Status::new(Code::Unavailable, e.to_string()),
-                None => Status::new(
-                    Code::DeadlineExceeded,
-                    "no selectors found after max poll attempts",
-                ),
+                None => crate::status::gave_up(),
             })
         };
         tokio::select! {
             result = attempts => result,
-            () = cancel => Err(Status::new(Code::Canceled, "attestation canceled")),
+            () = cancel => Err(Status::new(Code::Cancelled, "attestation canceled")),
         }
     }
 }
@@ -408,7 +405,7 @@ mod tests {
             .poll(3, |_| Ok(None::<()>), std::future::ready(()))
             .await
             .map_err(|s| s.code);
-        assert_eq!(cancelled, Err(Code::Canceled));
+        assert_eq!(cancelled, Err(Code::Cancelled));
     }
 
     #[tokio::test(start_paused = true)]
@@ -461,7 +458,7 @@ mod tests {
         let b = b.await.map_err(|e| e.to_string());
         assert_eq!(
             b,
-            Ok(Err(Status::new(Code::Canceled, "attestation canceled")))
+            Ok(Err(Status::new(Code::Cancelled, "attestation canceled")))
         );
         let a = a.await.map_err(|e| e.to_string());
         assert_eq!(a, Ok(Ok(1)));

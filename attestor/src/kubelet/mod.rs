@@ -30,17 +30,15 @@
 //!   claims otherwise); we do not, because any local process holding a certificate from
 //!   the cluster CA could otherwise impersonate the kubelet.
 
-#![forbid(unsafe_code)]
-
 mod client;
 mod fetcher;
 mod tls;
 
 // The public interface is:
+// (SPIRE's defaults the client starts from are `config`'s table.)
 pub use client::{
-    Auth, DEFAULT_CA_PATH, DEFAULT_MAX_BODY_BYTES, DEFAULT_RELOAD_INTERVAL,
-    DEFAULT_REQUEST_TIMEOUT, DEFAULT_SECURE_PORT, DEFAULT_TOKEN_PATH, Endpoint, KubeletClient,
-    KubeletError, KubeletSettings,
+    Auth, DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_TIMEOUT, Endpoint, KubeletClient, KubeletError,
+    KubeletSettings,
 };
 pub use fetcher::{FetchFailure, FetchFn, FetchPods, PodList, PodListFetcher};
 pub use tls::local_hostname;

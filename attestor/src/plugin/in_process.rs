@@ -12,8 +12,8 @@ use http_body_util::{BodyExt, Full};
 use tonic::service::Routes;
 use tower::ServiceExt;
 
-use super::Attestor;
 use super::CancellationToken;
+use super::WorkloadAttestor;
 use super::services::{Services, Shared};
 
 /// One plugin server's services, called in-process.
@@ -69,7 +69,7 @@ pub fn frame(payload: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
-impl<A: Attestor> InProcess<A> {
+impl<A: WorkloadAttestor> InProcess<A> {
     /// The services of a fresh plugin server around `attestor` (health reports "plugin"
     /// SERVING, as after the handshake). Call inside a tokio runtime.
     pub async fn new(attestor: A) -> Self {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use super::Attestor;
+use super::WorkloadAttestor;
 use super::proto::goplugin::ConnInfo;
 use super::proto::metrics::metrics_client::MetricsClient;
 use super::proto::metrics::{IncrCounterRequest, Label, MeasureSinceRequest};
@@ -37,7 +37,7 @@ impl Metrics {
     }
 
     /// Dials the host's metrics service in the background once the broker has announced it.
-    pub fn connect_via_broker<A: Attestor>(&self, shared: Arc<Shared<A>>) {
+    pub fn connect_via_broker<A: WorkloadAttestor>(&self, shared: Arc<Shared<A>>) {
         let slot = self.client.clone();
         tokio::spawn(async move {
             let ci = tokio::select! {
@@ -69,7 +69,7 @@ impl Metrics {
         let mut client = client.clone();
         let status = match result {
             Ok(_) => "OK",
-            Err(s) => s.code.name(),
+            Err(s) => s.code_name(),
         };
         let labels = vec![Label {
             name: "status".into(),

@@ -5,18 +5,18 @@
 //! 1. installs the hclog JSON logger on stderr ([`hclog`]) and a panic hook that logs there;
 //! 2. with `PLUGIN_CLIENT_CERT` (go-plugin AutoMTLS, which SPIRE never enables) serves TLS
 //!    that accepts only that client certificate (`mtls`), or exits 1, never plaintext;
-//! 3. builds the [`Attestor`], binds `<dir>/plugin<random>` (TCP only if no unix socket is
+//! 3. builds the [`WorkloadAttestor`], binds `<dir>/plugin<random>` (TCP only if no unix socket is
 //!    possible) and prints the one handshake line `1|1|unix|<path>|grpc|` on stdout (the
 //!    last field is the server certificate with AutoMTLS);
 //! 4. serves gRPC (plaintext h2c unless AutoMTLS): health, go-plugin's
 //!    broker/controller/stdio, and SPIRE's Init, Config and WorkloadAttestor (`services`);
 //! 5. stops on `GRPCController/Shutdown` or SIGTERM (SIGINT is ignored, as in go-plugin),
-//!    runs `Attestor::deinit` if the host has not, removes the socket and exits 0.
+//!    runs `WorkloadAttestor::deinit` if the host has not, removes the socket and exits 0.
 //!
 //! Wire details and their sources: `../shared/reference/spire-plugin-protocol.md`.
 //!
 //! This module knows nothing of pods or kubelets: the attestation pipeline plugs in through
-//! the [`Attestor`] trait.
+//! the [`WorkloadAttestor`] trait.
 
 pub mod handshake;
 pub mod hclog;
@@ -43,7 +43,7 @@ pub use services::{CONFIG_SERVICE, METRICS_HOST_SERVICE, WORKLOAD_ATTESTOR_SERVI
 /// re-configures on SIGUSR1 while serving). The server guarantees that `attest` is only
 /// called after one `configure` succeeded, and that `configure` calls never overlap.
 /// A panic in any method becomes gRPC `Internal` for that call; the process keeps serving.
-pub trait Attestor: Send + Sync + 'static {
+pub trait WorkloadAttestor: Send + Sync + 'static {
     /// Parses and validates `plugin_data` (HCL1 text as SPIRE re-prints it; "" when the agent
     /// config has none) and, on success, swaps the new configuration in atomically.
     /// Bad configuration: `InvalidArgument`. Runs on a blocking thread. The server never
@@ -59,7 +59,7 @@ pub trait Attestor: Send + Sync + 'static {
     /// Selector values of process `pid`, without the `k8s:` prefix (`ns:default`, …).
     /// `Ok(vec![])` means "not a Kubernetes workload". `cancel` fires when the agent gives up
     /// on the call (the Workload API client went away): stop working and return
-    /// `Code::Canceled` promptly; the result is discarded.
+    /// `Code::Cancelled` promptly; the result is discarded.
     fn attest(
         &self,
         pid: i32,
@@ -89,7 +89,7 @@ const GRACE: Duration = Duration::from_millis(800);
 /// plugin" message and returns 1.
 pub fn run<A, F>(build: F) -> i32
 where
-    A: Attestor,
+    A: WorkloadAttestor,
     F: FnOnce() -> Result<A, String>,
 {
     if !is_plugin_mode() {
@@ -180,7 +180,7 @@ fn install_panic_hook() {
     }));
 }
 
-async fn serve<A: Attestor>(
+async fn serve<A: WorkloadAttestor>(
     attestor: A,
     bound: Bound,
     tls: Option<mtls::AutoMtls>,
@@ -260,7 +260,7 @@ async fn serve<A: Attestor>(
 
 /// Every service the plugin serves, health reporting "plugin" SERVING. The server and
 /// [`in_process::InProcess`] (fuzzing, tests) share it, so both dispatch alike.
-async fn routes<A: Attestor>(svc: services::Services<A>) -> tonic::service::Routes {
+async fn routes<A: WorkloadAttestor>(svc: services::Services<A>) -> tonic::service::Routes {
     use proto::config::config_server::ConfigServer;
     use proto::goplugin::grpc_broker_server::GrpcBrokerServer;
     use proto::goplugin::grpc_controller_server::GrpcControllerServer;

@@ -1,4 +1,4 @@
-//! The gRPC services a SPIRE agent calls (spec §1 table and §2), on top of an [`Attestor`].
+//! The gRPC services a SPIRE agent calls (spec §1 table and §2), on top of a [`WorkloadAttestor`].
 //!
 //! go-plugin core: `plugin.GRPCBroker` (kept open, ConnInfo recorded), `plugin.GRPCController`
 //! (Shutdown), `plugin.GRPCStdio` (open, silent). SPIRE: `Init`, `Config`, `WorkloadAttestor`.
@@ -20,7 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Streaming};
 
-use super::Attestor;
+use super::WorkloadAttestor;
 use super::metrics::Metrics;
 use super::proto::config::{
     ConfigureRequest, ConfigureResponse, ValidateRequest, ValidateResponse, config_server,
@@ -58,7 +58,7 @@ pub struct Shared<A> {
     pub metrics: Metrics,
 }
 
-impl<A: Attestor> Shared<A> {
+impl<A: WorkloadAttestor> Shared<A> {
     pub fn new(attestor: A, shutdown: CancellationToken) -> Arc<Self> {
         Arc::new(Shared {
             attestor: Arc::new(attestor),
@@ -102,21 +102,6 @@ impl<A: Attestor> Shared<A> {
         })
         .await
     }
-}
-
-pub fn to_tonic(s: Status) -> tonic::Status {
-    let code = match s.code {
-        Code::Canceled => tonic::Code::Cancelled,
-        Code::Unknown => tonic::Code::Unknown,
-        Code::InvalidArgument => tonic::Code::InvalidArgument,
-        Code::DeadlineExceeded => tonic::Code::DeadlineExceeded,
-        Code::NotFound => tonic::Code::NotFound,
-        Code::FailedPrecondition => tonic::Code::FailedPrecondition,
-        Code::Internal => tonic::Code::Internal,
-        Code::Unavailable => tonic::Code::Unavailable,
-        Code::Unauthenticated => tonic::Code::Unauthenticated,
-    };
-    tonic::Status::new(code, s.message)
 }
 
 /// The text of a panic payload (`panic!("…")` gives &str or String).
@@ -215,7 +200,7 @@ fn silent_until(shutdown: CancellationToken) -> mpsc::Receiver<Result<(), ()>> {
 }
 
 #[tonic::async_trait]
-impl<A: Attestor> grpc_broker_server::GrpcBroker for Services<A> {
+impl<A: WorkloadAttestor> grpc_broker_server::GrpcBroker for Services<A> {
     type StartStreamStream = BoxStream<ConnInfo>;
 
     async fn start_stream(
@@ -260,7 +245,7 @@ impl<A: Attestor> grpc_broker_server::GrpcBroker for Services<A> {
 }
 
 #[tonic::async_trait]
-impl<A: Attestor> grpc_controller_server::GrpcController for Services<A> {
+impl<A: WorkloadAttestor> grpc_controller_server::GrpcController for Services<A> {
     async fn shutdown(&self, _: Request<Empty>) -> Result<Response<Empty>, tonic::Status> {
         log::debug!("shutdown requested by the host");
         // The reply still goes out: graceful shutdown lets in-flight calls finish.
@@ -270,7 +255,7 @@ impl<A: Attestor> grpc_controller_server::GrpcController for Services<A> {
 }
 
 #[tonic::async_trait]
-impl<A: Attestor> grpc_stdio_server::GrpcStdio for Services<A> {
+impl<A: WorkloadAttestor> grpc_stdio_server::GrpcStdio for Services<A> {
     type StreamStdioStream = BoxStream<StdioData>;
 
     async fn stream_stdio(
@@ -285,7 +270,7 @@ impl<A: Attestor> grpc_stdio_server::GrpcStdio for Services<A> {
 }
 
 #[tonic::async_trait]
-impl<A: Attestor> init_server::Init for Services<A> {
+impl<A: WorkloadAttestor> init_server::Init for Services<A> {
     async fn init(
         &self,
         request: Request<InitRequest>,
@@ -308,13 +293,13 @@ impl<A: Attestor> init_server::Init for Services<A> {
         _: Request<DeinitRequest>,
     ) -> Result<Response<DeinitResponse>, tonic::Status> {
         log::debug!("deinit");
-        self.0.deinit_once().await.map_err(to_tonic)?;
+        self.0.deinit_once().await.map_err(tonic::Status::from)?;
         Ok(Response::new(DeinitResponse {}))
     }
 }
 
 #[tonic::async_trait]
-impl<A: Attestor> config_server::Config for Services<A> {
+impl<A: WorkloadAttestor> config_server::Config for Services<A> {
     async fn configure(
         &self,
         request: Request<ConfigureRequest>,
@@ -338,8 +323,8 @@ impl<A: Attestor> config_server::Config for Services<A> {
                 Ok(Response::new(ConfigureResponse {}))
             }
             Err(s) => {
-                log::warn!(code = s.code.name(), error = s.message.as_str(); "configure rejected");
-                Err(to_tonic(s))
+                log::warn!(code = s.code_name(), error = s.message.as_str(); "configure rejected");
+                Err(s.into())
             }
         }
     }
@@ -356,13 +341,13 @@ impl<A: Attestor> config_server::Config for Services<A> {
                 valid: false,
                 notes: vec![s.message],
             })),
-            Err(s) => Err(to_tonic(s)),
+            Err(s) => Err(s.into()),
         }
     }
 }
 
 #[tonic::async_trait]
-impl<A: Attestor> workload_attestor_server::WorkloadAttestor for Services<A> {
+impl<A: WorkloadAttestor> workload_attestor_server::WorkloadAttestor for Services<A> {
     async fn attest(
         &self,
         request: Request<AttestRequest>,
@@ -402,8 +387,8 @@ impl<A: Attestor> workload_attestor_server::WorkloadAttestor for Services<A> {
                 Ok(Response::new(AttestResponse { selector_values }))
             }
             Err(s) => {
-                log::debug!(pid = pid, code = s.code.name(), error = s.message.as_str(); "attest failed");
-                Err(to_tonic(s))
+                log::debug!(pid = pid, code = s.code_name(), error = s.message.as_str(); "attest failed");
+                Err(s.into())
             }
         }
     }

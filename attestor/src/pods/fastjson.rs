@@ -21,8 +21,6 @@
 //! text, which in Go quotes the *whole* rest of the body, is cut at [`MAX_QUOTED`] bytes so
 //! that a large body cannot make a megabyte-sized gRPC status.
 
-#![forbid(unsafe_code)]
-
 use std::fmt::Write as _;
 
 /// fastjson's `MaxDepth`: every value, scalars included, counts one level.

@@ -9,8 +9,6 @@
 //! ([`Scanner::skip`]); it finds the end of strings eight bytes at a time. The one matched pod
 //! is then decoded by `serde_json`, which checks everything in it (UTF-8 included).
 
-#![forbid(unsafe_code)]
-
 use std::borrow::Cow;
 
 /// Deeper nesting than this is refused rather than risking the stack on hostile input

@@ -33,17 +33,7 @@ pub use kernel::{KernelError, KernelStats};
 use crate::cgroupfs::{CgroupFs, CgroupFsError, ROOT_CGROUP_ID};
 use crate::sys;
 
-/// How processes are tracked (`tracker` config key).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TrackerMode {
-    /// eBPF if it can be loaded, else the fallbacks with one warning saying why.
-    #[default]
-    Auto,
-    /// eBPF or fail at start.
-    Ebpf,
-    /// Never load eBPF (pidfd + /proc only).
-    Procfs,
-}
+pub use crate::config::TrackerMode;
 
 #[derive(Debug, Clone)]
 pub struct TrackerOptions {
@@ -241,8 +231,7 @@ impl fmt::Debug for Tracker {
     }
 }
 
-/// Upper bound for the map size (4M processes ≈ 64 MiB of map).
-pub const MAX_PROCESSES_LIMIT: u32 = 4_194_304;
+pub use attestor_common::MAX_PROCESSES_LIMIT;
 
 impl Tracker {
     /// Loads and attaches the kernel programs (unless `mode` is `Procfs`), then seeds the map

@@ -204,14 +204,14 @@ async fn warm_and_cold() {
     // Attestor per round shares nothing but the tracker; its first list is fetched outside
     // the timed region).
     let body = sim.current_body();
-    let opts = Config::default().search_options();
+    let opts = attestor::pods::SearchOptions::from_config(&Config::default());
     let mut scan = Vec::new();
     for _ in 0..20 {
         for &pid in &n.pids {
             let t = Instant::now();
             let r = tracker.resolve(pid as i64).expect("resolve");
             let c = attestor::locator::locate_path(&r.cgroup_path).expect("container");
-            let s = attestor::pods::search(&body, &c, &opts)
+            let s = attestor::selectors::search(&body, &c, &opts)
                 .expect("search")
                 .expect("found");
             scan.push(t.elapsed());

@@ -5,6 +5,10 @@
 //! step lives in its own module. [`Attestor::attest_traced`] also records what every step
 //! saw, for `attestor explain`.
 //!
+//! [`K8s`] is the SPIRE plugin's attestor around it (Configure swaps whole pipelines);
+//! [`replay`] runs the same steps on recorded inputs. Error → status mapping for the
+//! tracker's errors ([`resolve_status`], [`start_status`]) is here, once, for every surface.
+//!
 //! Outcomes, as SPIRE's k8s attestor (study §2–§4), plus our own for bad PIDs:
 //! * not in a pod (kernel thread; no container ID in the v2 cgroup path nor in any line of
 //!   `/proc/<pid>/cgroup`) ⇒ success with zero selectors, and the kubelet is not called;
@@ -30,9 +34,25 @@ use crate::kubelet::{
     KubeletSettings, PodListFetcher,
 };
 use crate::locator::{self, ContainerRef};
-use crate::pods;
+use crate::pods::SearchOptions;
+use crate::selectors;
 use crate::status::{Code, Status};
-use crate::tracker::{Memberships, Resolution, ResolveError, Tracker};
+use crate::tracker::{Memberships, Resolution, ResolveError, StartError, Tracker, TrackerOptions};
+
+mod k8s;
+mod replay;
+
+pub use k8s::{K8s, StartTracker};
+pub use replay::replay;
+
+/// The tracker a configuration asks for (`tracker`, `tracker_max_processes`).
+pub fn tracker_options(config: &Config) -> TrackerOptions {
+    TrackerOptions {
+        mode: config.tracker(),
+        max_processes: config.tracker_max_processes(),
+        ..TrackerOptions::default()
+    }
+}
 
 /// The kubelet client settings a validated configuration asks for. `env` looks up
 /// environment variables (`node_name_env`).
@@ -230,7 +250,7 @@ impl Attestor {
         };
         trace.container = Some(container.clone());
 
-        let opts = self.config.search_options();
+        let opts = SearchOptions::from_config(&self.config);
         let requests_before = self.fetcher.requests_started();
         let kubelet_started = Instant::now();
         let mut lists = 0u32;
@@ -250,7 +270,7 @@ impl Attestor {
                         last_parse_error = None;
                         return Ok(known);
                     }
-                    match pods::search(list.body(), &container, &opts) {
+                    match selectors::search(list.body(), &container, &opts) {
                         Ok(found) => {
                             last_parse_error = None;
                             self.memoize(list.version(), &container, &found);
@@ -271,7 +291,7 @@ impl Attestor {
         trace.kubelet_requests = self.fetcher.requests_started() - requests_before;
         trace.kubelet_elapsed = Some(kubelet_started.elapsed());
         let selectors = match (polled, last_parse_error) {
-            (Err(s), Some(parse)) if s.code == Code::DeadlineExceeded => {
+            (Err(s), Some(parse)) if s.is_gave_up() => {
                 return Err(Status::new(Code::Unavailable, parse));
             }
             (result, _) => result?,
@@ -316,7 +336,10 @@ impl Attestor {
     }
 }
 
-fn resolve_status(e: ResolveError) -> Status {
+/// A PID that could not be resolved, as every surface reports it: a bad PID is the caller's
+/// `InvalidArgument`, a process that is gone `NotFound`, a process caught moving
+/// `Unavailable` (retry), anything else `Internal`.
+pub fn resolve_status(e: ResolveError) -> Status {
     let code = match &e {
         ResolveError::ZeroPid
         | ResolveError::NegativePid(_)
@@ -327,6 +350,18 @@ fn resolve_status(e: ResolveError) -> Status {
         }
         ResolveError::CgroupChanged(_) => Code::Unavailable,
         _ => Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}
+
+/// A tracker that cannot start, as every surface reports it: the node is not in the state
+/// the configuration needs (`FailedPrecondition`: eBPF required but unusable, a /proc of
+/// another PID namespace, no usable cgroup filesystem); a map size out of range is the
+/// configuration's fault (`InvalidArgument`; `Config::parse` already refuses it).
+pub fn start_status(e: StartError) -> Status {
+    let code = match &e {
+        StartError::MapSize { .. } => Code::InvalidArgument,
+        _ => Code::FailedPrecondition,
     };
     Status::new(code, e.to_string())
 }
