@@ -100,6 +100,8 @@ const GUEST_TESTS: &[&str] = &[
     "pinning",
     // Mounts a named cgroup v1 hierarchy beside the guest's cgroup2 (README, "Node layouts").
     "cgroup_v1",
+    // The plugin's Configure swapping (and detaching) eBPF programs on each kernel.
+    "configure",
 ];
 const SKIPPED: &[(&str, &str)] = &[
     (

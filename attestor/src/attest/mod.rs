@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, KubeletAuth, KubeletPort};
 use crate::kubelet::{
-    Auth, DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_TIMEOUT, Endpoint, KubeletClient,
+    Auth, DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_TIMEOUT, Endpoint, FetchPods, KubeletClient,
     KubeletSettings, PodListFetcher,
 };
 use crate::locator::{self, ContainerRef};
@@ -90,11 +90,12 @@ pub fn kubelet_settings(
 }
 
 /// One configured attestation pipeline. Cheap to share (`Arc`); concurrent attestations
-/// share kubelet requests through the fetcher.
-pub struct Attestor {
+/// share kubelet requests through the fetcher. `F` is where pod lists come from: the
+/// kubelet client in the binary, anything [`FetchPods`] for a library user or a test.
+pub struct Attestor<F: FetchPods = KubeletClient> {
     config: Config,
     tracker: Arc<Tracker>,
-    fetcher: PodListFetcher<KubeletClient>,
+    fetcher: PodListFetcher<F>,
     memo: Mutex<Memo>,
 }
 
@@ -110,11 +111,11 @@ struct Memo {
 
 const MEMO_CAP: usize = 4096;
 
-impl std::fmt::Debug for Attestor {
+impl<F: FetchPods> std::fmt::Debug for Attestor<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Attestor")
-            .field("kubelet", &self.fetcher.fetcher().url())
             .field("tracker", &self.tracker)
+            .field("kubelet_requests", &self.fetcher.requests_started())
             .finish()
     }
 }
@@ -158,13 +159,26 @@ impl Attestor {
     ) -> Result<Self, Status> {
         let client = KubeletClient::new(settings)
             .map_err(|e| Status::new(Code::InvalidArgument, e.to_string()))?;
-        let fetcher = PodListFetcher::new(client, config.poll_retry_interval());
-        Ok(Attestor {
+        Ok(Attestor::with_fetcher(config, tracker, client))
+    }
+
+    /// The kubelet URL this attestor polls.
+    pub fn kubelet_url(&self) -> &str {
+        self.fetcher.fetcher().url()
+    }
+}
+
+impl<F: FetchPods> Attestor<F> {
+    /// A pipeline whose pod lists come from `fetch` (polled as SPIRE polls the kubelet:
+    /// `max_poll_attempts`, `poll_retry_interval` from `config`).
+    pub fn with_fetcher(config: Config, tracker: Arc<Tracker>, fetch: F) -> Self {
+        let fetcher = PodListFetcher::new(fetch, config.poll_retry_interval());
+        Attestor {
             config,
             tracker,
             fetcher,
             memo: Mutex::new(Memo::default()),
-        })
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -173,11 +187,6 @@ impl Attestor {
 
     pub fn tracker(&self) -> &Arc<Tracker> {
         &self.tracker
-    }
-
-    /// The kubelet URL this attestor polls.
-    pub fn kubelet_url(&self) -> &str {
-        self.fetcher.fetcher().url()
     }
 
     /// Kubelet requests started so far (all attestations).
@@ -315,7 +324,7 @@ impl Attestor {
     }
 }
 
-impl Attestor {
+impl<F: FetchPods> Attestor<F> {
     fn memoized(&self, version: u64, container: &ContainerRef) -> Option<Option<Vec<String>>> {
         let memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
         if memo.version != version {
