@@ -24,11 +24,15 @@ pub struct Kind {
     pub max_bytes: u64,
 }
 
-/// A kubelet `/pods` body saved to a file: the live client's body cap, so that any answer
-/// the agent would accept from the kubelet can be replayed, and nothing larger.
+/// A kubelet `/pods` body, from the kubelet (the client's default body cap,
+/// `kubelet::DEFAULT_MAX_BODY_BYTES`, is this) or saved to a file (so any answer the agent
+/// would accept from the kubelet can be replayed, and nothing larger): 64 MiB. A 110-pod
+/// node answers roughly 1 MiB and a very dense 250-pod node with large pod specs a few MiB,
+/// so this leaves more than 10x headroom, while bounding what a broken or hostile endpoint
+/// can make the agent buffer (SPIRE reads the whole body with no cap).
 pub const POD_LIST: Kind = Kind {
     what: "a pod list",
-    max_bytes: crate::kubelet::DEFAULT_MAX_BODY_BYTES as u64,
+    max_bytes: 64 << 20,
 };
 
 /// A `plugin_data` file (HCL or JSON). Real ones are well under 1 KiB (a dozen keys), so

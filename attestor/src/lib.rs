@@ -1,25 +1,28 @@
 //! attestor: which pod and container is this PID, and what are its SPIRE `k8s` selectors?
 //!
-//! Data flows one way, one module per step:
+//! Data flows one way, one module per step (README "How it fits together" draws the map;
+//! a unit test checks that no module uses one downstream of it):
 //!
 //! ```text
 //! pid ──tracker──▶ cgroup id + path ──locator──▶ pod UID + container ID
-//!     ──kubelet──▶ pod ──selectors──▶ k8s:… selectors
+//!     ──kubelet──▶ /pods body ──pods──▶ pod ──selectors──▶ k8s:… values
 //! ```
 //!
-//! `plugin` is the SPIRE external-plugin surface (go-plugin handshake, gRPC services, hclog
-//! logs) around an [`plugin::Attestor`]; `cli` starts it when a SPIRE agent runs the binary.
+//! [`attest`] composes the steps: [`attest::Attestor`] is one configured pipeline,
+//! [`attest::K8s`] the SPIRE plugin's attestor around it (Configure swaps whole pipelines,
+//! all or nothing), [`attest::replay`] the same steps on recorded inputs. [`plugin`] serves
+//! any [`plugin::WorkloadAttestor`] over go-plugin's protocol and knows nothing of pods;
+//! [`cli`] parses arguments and prints.
 //!
-//! `sys` is the only module with `unsafe` code (raw syscalls, each with a `SAFETY` note).
+//! Under all of them: [`config`] (`plugin_data` → validated options, SPIRE's defaults),
+//! [`status`] (the gRPC code + message every surface reports), [`boundedfile`] (every file an
+//! operator names: regular files only, each kind with a size cap), [`cgroupfs`], [`goquote`],
+//! and `sys`, the only module where the compiler allows `unsafe` (raw syscalls, each with a
+//! `SAFETY` note).
 //!
-//! [`boundedfile`] reads every file an operator names (credential paths in `plugin_data`, the
-//! CLI's input files): regular files only, each kind with a size cap.
-//!
-//! The pure attestation core (no I/O) that live attestation and the replay CLI share:
-//! * [`config::Config::parse`] — `plugin_data` (HCL v1 or JSON) → validated options;
-//! * [`locator::locate_path`] / [`locator::locate_cgroup_file`] — cgroup → [`locator::ContainerRef`];
-//! * [`pods::search`] — one `/pods` body + `ContainerRef` → selector values, or "not in this
-//!   list" (poll again); [`selectors::build`] makes the values from a decoded pod.
+//! The pure attestation core (no I/O) that live attestation and the replay share:
+//! [`config::Config::parse`], [`locator::locate_path`] / [`locator::locate_cgroup_file`],
+//! [`pods::find`] and [`selectors::search`].
 
 // Tests may unwrap: a panic there is a test failure with a backtrace. The non-test build of
 // the library is still checked by `clippy --all-targets`.
@@ -50,3 +53,6 @@ pub mod status;
 // The one corner with `unsafe` (the crate root denies it everywhere else).
 #[allow(unsafe_code)]
 mod sys;
+
+#[cfg(test)]
+mod layering;

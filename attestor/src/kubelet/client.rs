@@ -37,11 +37,9 @@ use crate::status::{Code, Status};
 
 /// Per-request timeout (SPIRE's `kubeletRequestTimeout`), not tied to the caller.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest `/pods` answer accepted: 64 MiB. A 110-pod node answers roughly 1 MiB and a
-/// very dense 250-pod node with large pod specs a few MiB, so this leaves more than 10x
-/// headroom, while bounding what a broken or hostile endpoint can make the agent buffer
-/// (SPIRE reads the whole body with no cap).
-pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// Largest `/pods` answer accepted by default: [`boundedfile::POD_LIST`]'s cap (64 MiB; the
+/// reasoning is there), so the replay CLI accepts exactly what the agent would.
+pub const DEFAULT_MAX_BODY_BYTES: usize = boundedfile::POD_LIST.max_bytes as usize;
 
 /// How much of a non-200 body goes into the error message.
 const ERROR_BODY_PREVIEW: usize = 1024;
