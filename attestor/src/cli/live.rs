@@ -185,7 +185,7 @@ fn json(attestor: &Attestor, t: &Trace, result: &Result<Vec<String>, Status>) ->
         Ok(selectors) => serde_json::json!({
             "selectors": selectors.iter().map(|s| format!("k8s:{s}")).collect::<Vec<_>>()
         }),
-        Err(e) => serde_json::json!({"error": {"code": e.code_name(), "message": e.message}}),
+        Err(e) => super::error_json(e),
     };
     serde_json::json!({
         "pid": t.pid,

@@ -104,14 +104,14 @@ impl Failure {
                     eprintln!("error: {note}");
                 }
             }
-            OutputFormat::Json => {
-                let body = serde_json::json!({
-                    "error": {"code": self.status.code_name(), "message": self.status.message}
-                });
-                println!("{body}");
-            }
+            OutputFormat::Json => println!("{}", error_json(&self.status)),
         }
     }
+}
+
+/// `{"error":{"code":…,"message":…}}`: how every subcommand's JSON output says it failed.
+fn error_json(status: &Status) -> serde_json::Value {
+    serde_json::json!({"error": {"code": status.code_name(), "message": status.message}})
 }
 
 /// Reads and validates a plugin_data file (SPIRE's defaults without one).

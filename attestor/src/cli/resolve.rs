@@ -11,7 +11,7 @@ pub struct ResolveArgs {
     #[arg(long, allow_negative_numbers = true)]
     pub pid: i64,
     /// Process tracking: auto (eBPF, else fallback), ebpf (required) or procfs.
-    #[arg(long, default_value = "auto", value_parser = parse_mode)]
+    #[arg(long, value_enum, default_value_t = TrackerMode::Auto)]
     pub tracker: TrackerMode,
     /// Forward the kernel programs' debug records (aya-log) to stderr (set ATTESTOR_LOG=debug).
     #[arg(long)]
@@ -21,9 +21,15 @@ pub struct ResolveArgs {
     pub output: OutputFormat,
 }
 
-/// `--tracker` takes the `tracker` key's spellings ([`TrackerMode`]'s one parser).
-fn parse_mode(s: &str) -> Result<TrackerMode, String> {
-    s.parse()
+/// `--tracker` takes the `tracker` key's spellings ([`TrackerMode::as_str`]).
+impl clap::ValueEnum for TrackerMode {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[TrackerMode::Auto, TrackerMode::Ebpf, TrackerMode::Procfs]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.as_str()))
+    }
 }
 
 pub fn json_of(r: &Resolution) -> serde_json::Value {
