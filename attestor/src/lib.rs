@@ -34,7 +34,6 @@ pub mod kubelet;
 pub mod locator;
 pub mod plugin;
 pub mod pods;
-pub mod sandbox;
 pub mod selectors;
 pub mod status;
 mod sys;

@@ -13,10 +13,10 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use attestor::sandbox::{Layout, Sandbox};
-use attestor::tracker::spawn_into_cgroup;
 use attestor_tests::cart::{POD_UID, app_hex, cart_pod, expected_app_selectors};
 use attestor_tests::kubelet_sim::{KubeletSim, generate_pods};
+use attestor_tests::sandbox::{Layout, Sandbox};
+use attestor_tests::spawn::spawn_into_cgroup;
 use attestor_tests::tempdir::TempDir;
 use attestor_tests::{attestor_bin, cgroup_id, comm, kill_and_reap, require_root, wait_for};
 use serde_json::{Value, json};
