@@ -47,8 +47,6 @@ pub mod boundedfile;
 pub mod cgroupfs;
 pub mod config;
 pub mod goquote;
-#[doc(hidden)]
-pub mod sandbox;
 pub mod status;
 // The one corner with `unsafe` (the crate root denies it everywhere else).
 #[allow(unsafe_code)]

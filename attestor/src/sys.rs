@@ -150,78 +150,6 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     Ok(limit.rlim_cur)
 }
 
-/// `clone3(CLONE_INTO_CGROUP)`, for tests and the demo: starts a child directly in the cgroup
-/// `cgroup_dir` (Linux 5.7), optionally with a chosen pid (`set_tid`, Linux 5.5, needs
-/// CAP_SYS_ADMIN). With `argv` the child execs it; without, it waits in `pause()` until killed
-/// (a forked child that never execs). Returns the child's pid.
-pub fn spawn_into_cgroup(
-    cgroup_dir: BorrowedFd<'_>,
-    argv: Option<&[&str]>,
-    pid: Option<i32>,
-) -> io::Result<i32> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct CloneArgs {
-        flags: u64,
-        pidfd: u64,
-        child_tid: u64,
-        parent_tid: u64,
-        exit_signal: u64,
-        stack: u64,
-        stack_size: u64,
-        tls: u64,
-        set_tid: u64,
-        set_tid_size: u64,
-        cgroup: u64,
-    }
-    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
-    let cargs: Vec<CString> = argv
-        .unwrap_or_default()
-        .iter()
-        .map(|a| CString::new(*a).map_err(io::Error::other))
-        .collect::<io::Result<_>>()?;
-    let mut ptrs: Vec<*const libc::c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
-    ptrs.push(std::ptr::null());
-    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
-    let tid: [libc::pid_t; 1] = [pid.unwrap_or(0)];
-    let mut args = CloneArgs {
-        flags: CLONE_INTO_CGROUP,
-        exit_signal: libc::SIGCHLD as u64,
-        cgroup: cgroup_dir.as_raw_fd() as u64,
-        ..Default::default()
-    };
-    if pid.is_some() {
-        args.set_tid = tid.as_ptr() as u64;
-        args.set_tid_size = 1;
-    }
-    // SAFETY: clone3 without CLONE_VM gives the child a copy of our address space; the child
-    // only calls execve/pause/_exit (async-signal-safe) on data prepared before the clone.
-    // `args` is a valid clone_args of the size passed and `tid` outlives the call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &mut args as *mut CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    match ret {
-        0 => {
-            // SAFETY: child side: exec, or pause until killed; nothing else.
-            unsafe {
-                if cargs.is_empty() {
-                    loop {
-                        libc::pause();
-                    }
-                }
-                libc::execve(ptrs[0], ptrs.as_ptr(), envp.as_ptr());
-                libc::_exit(127);
-            }
-        }
-        r if r < 0 => Err(io::Error::last_os_error()),
-        child => Ok(child as i32),
-    }
-}
-
 /// `poll(2)` on one fd with a timeout in milliseconds.
 pub fn poll_readable(pfd: &mut libc::pollfd, timeout_ms: i32) -> io::Result<bool> {
     // SAFETY: `pfd` is a valid, exclusively borrowed pollfd.
@@ -230,17 +158,4 @@ pub fn poll_readable(pfd: &mut libc::pollfd, timeout_ms: i32) -> io::Result<bool
         return Err(io::Error::from_raw_os_error(libc::EBADF));
     }
     Ok(n > 0)
-}
-
-/// `kill(2)`; errors (already gone, not ours) are ignored by design: used for cleanup.
-pub fn kill(pid: i32, signal: i32) {
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(pid, signal) };
-}
-
-/// Non-blocking `waitpid` for one of our children; no-op for other processes.
-pub fn reap(pid: i32) {
-    let mut status = 0;
-    // SAFETY: `status` is a valid out-pointer; WNOHANG never blocks.
-    unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
 }

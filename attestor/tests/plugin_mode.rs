@@ -61,3 +61,35 @@ fn with_the_cookie_it_enters_plugin_mode_whatever_the_arguments() {
     assert!(!std::path::Path::new(&socket).exists());
     std::fs::remove_dir(&dir).expect("rmdir");
 }
+
+/// go-plugin AutoMTLS (`PLUGIN_CLIENT_CERT`), which SPIRE never enables, is refused before
+/// anything is built, bound or printed: no plaintext server for a host that asked for TLS.
+#[test]
+fn a_host_asking_for_automtls_is_refused_before_the_handshake() {
+    let dir = std::env::temp_dir().join(format!("attestor-mtls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let out = Command::new(BIN)
+        .env("WorkloadAttestor", "WorkloadAttestor")
+        .env("PLUGIN_PROTOCOL_VERSIONS", "1")
+        .env("PLUGIN_UNIX_SOCKET_DIR", &dir)
+        .env("PLUGIN_CLIENT_CERT", "-----BEGIN CERTIFICATE-----\n")
+        .output()
+        .expect("run attestor");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty(), "no handshake line");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line: serde_json::Value = serde_json::from_str(err.lines().next().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("hclog JSON on stderr ({e}): {err}"));
+    assert_eq!(line["@level"], "error", "{line}");
+    assert_eq!(
+        line["@message"],
+        attestor::plugin::handshake::AUTO_MTLS_REFUSED,
+        "{line}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&dir).expect("socket dir").count(),
+        0,
+        "nothing bound"
+    );
+    std::fs::remove_dir(&dir).expect("rmdir");
+}

@@ -16,21 +16,13 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"math/big"
-	"net"
 	"os"
 	"os/exec"
 	"sort"
@@ -43,7 +35,6 @@ import (
 	hclog "github.com/hashicorp/go-hclog"
 	plugin "github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 )
@@ -272,7 +263,8 @@ func (h *host) load(cmd command) result {
 		SecureConfig:     &plugin.SecureConfig{Checksum: checksum, Hash: sha256.New()},
 		Logger:           h.logger,
 		Stderr:           io.Discard,
-		// SPIRE: false. true exercises the plugin's AutoMTLS support.
+		// SPIRE: false. true checks that the plugin refuses AutoMTLS (it exits before the
+		// handshake; it never serves plaintext to a host that asked for TLS).
 		AutoMTLS: cmd.AutoMTLS,
 	})
 	rpc, err := client.Client()
@@ -407,8 +399,6 @@ func (h *host) do(cmd command) result {
 	case "ping":
 		// go-plugin's health check: grpc.health.v1.Health/Check for service "plugin".
 		return code(h.rpc.Ping())
-	case "probe":
-		return h.probe(cmd.Mode)
 	}
 	return result{"code": "HostError", "message": "unknown op " + cmd.Op}
 }
@@ -462,63 +452,6 @@ func (h *host) kill() result {
 		}
 	}
 	return r
-}
-
-// probe dials the plugin's address on a new connection that is not the host's: plaintext,
-// or TLS with a certificate the plugin was not given. With AutoMTLS both must fail.
-func (h *host) probe(mode string) result {
-	addr := h.client.ReattachConfig().Addr
-	opts := []grpc.DialOption{
-		grpc.WithBlock(),
-		grpc.WithDialer(func(_ string, t time.Duration) (net.Conn, error) {
-			return net.DialTimeout(addr.Network(), addr.String(), t)
-		}),
-	}
-	switch mode {
-	case "plaintext":
-		opts = append(opts, grpc.WithInsecure())
-	case "other_cert":
-		cert, err := selfSigned()
-		if err != nil {
-			return result{"code": "HostError", "message": err.Error()}
-		}
-		opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
-			Certificates:       []tls.Certificate{cert},
-			InsecureSkipVerify: true,
-		})))
-	default:
-		return result{"code": "HostError", "message": "unknown probe mode " + mode}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	conn, err := grpc.DialContext(ctx, "unused", opts...)
-	if err != nil {
-		return result{"code": "DialFailed", "message": err.Error()}
-	}
-	defer conn.Close()
-	_, err = grpc_health_v1.NewHealthClient(conn).Check(ctx, &grpc_health_v1.HealthCheckRequest{Service: "plugin"})
-	return code(err)
-}
-
-func selfSigned() (tls.Certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "localhost"},
-		DNSNames:     []string{"localhost"},
-		NotBefore:    time.Now().Add(-time.Minute),
-		NotAfter:     time.Now().Add(time.Hour),
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
 }
 
 func main() {

@@ -10,6 +10,8 @@ pub mod demo;
 pub mod kubelet_sim;
 pub mod pidns;
 pub mod runc;
+pub mod sandbox;
+pub mod spawn;
 pub mod tempdir;
 
 pub mod plugin_attestor;

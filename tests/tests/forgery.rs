@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use attestor::attest::Attestor;
 use attestor::config::Config;
-use attestor::sandbox::{Layout, Sandbox};
 use attestor::status::Code;
-use attestor::tracker::{Tracker, TrackerMode, TrackerOptions, spawn_into_cgroup};
+use attestor::tracker::{Tracker, TrackerMode, TrackerOptions};
 use attestor_tests::kubelet_sim::{KubeletSim, PodBuilder, Runtime, generate_pods, hex64};
+use attestor_tests::sandbox::{Layout, Sandbox};
+use attestor_tests::spawn::spawn_into_cgroup;
 use attestor_tests::tempdir::TempDir;
 use attestor_tests::{kill_and_reap, require_root, wait_for};
 

@@ -27,14 +27,15 @@ use std::time::{Duration, Instant};
 
 use attestor::attest::{Attestor, kubelet_settings};
 use attestor::config::Config;
-use attestor::sandbox::{Layout, Sandbox};
 use attestor::status::{Code, Status};
-use attestor::tracker::{Tracker, TrackerMode, TrackerOptions, spawn_into_cgroup};
+use attestor::tracker::{Tracker, TrackerMode, TrackerOptions};
 use attestor_tests::kubelet_sim::{
     Fault, KubeletSim, KubeletSimBuilder, PodBuilder, Runtime, TestCa, Validity, generate_pods,
     hex64,
 };
 use attestor_tests::require_root;
+use attestor_tests::sandbox::{Layout, Sandbox};
+use attestor_tests::spawn::spawn_into_cgroup;
 use attestor_tests::tempdir::TempDir;
 
 const TOKEN: &str = "faults-token-93e1";

@@ -10,15 +10,16 @@ use std::time::Duration;
 
 use attestor::attest::Attestor;
 use attestor::config::Config;
-use attestor::sandbox::{Layout, Sandbox};
 use attestor::status::Code;
-use attestor::tracker::{Tracker, TrackerMode, TrackerOptions, spawn_into_cgroup};
+use attestor::tracker::{Tracker, TrackerMode, TrackerOptions};
 use attestor_tests::cart::{
     APP_IMAGE, POD_UID, app_hex, cart_pod, expected_app_selectors, expected_app_selectors_in,
 };
 use attestor_tests::kubelet_sim::{
     ContainerKind, KubeletSim, PodBuilder, Runtime, TestCa, Validity, generate_pods,
 };
+use attestor_tests::sandbox::{Layout, Sandbox};
+use attestor_tests::spawn::spawn_into_cgroup;
 use attestor_tests::tempdir::TempDir;
 use attestor_tests::{attestor_bin, comm, kill_and_reap, require_root, wait_for};
 

@@ -38,13 +38,14 @@ use std::time::{Duration, Instant};
 
 use attestor::attest::Attestor;
 use attestor::config::Config;
-use attestor::sandbox::{Layout, Sandbox};
 use attestor::status::{Code, Status};
-use attestor::tracker::{Tracker, TrackerMode, TrackerOptions, spawn_into_cgroup};
+use attestor::tracker::{Tracker, TrackerMode, TrackerOptions};
 use attestor_tests::kubelet_sim::{
     Fault, Gate, KubeletSim, PodBuilder, Runtime, generate_pods, hex64, uuid,
 };
 use attestor_tests::require_root;
+use attestor_tests::sandbox::{Layout, Sandbox};
+use attestor_tests::spawn::spawn_into_cgroup;
 use attestor_tests::tempdir::TempDir;
 
 const TOKEN: &str = "pid-reuse-token";

@@ -19,13 +19,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use attestor::cgroupfs::CgroupFs;
-use attestor::sandbox::{Layout, Sandbox};
 use attestor::tracker::{
-    KernelError, ResolveError, StartError, Tracker, TrackerMode, TrackerOptions, spawn_into_cgroup,
+    KernelError, ResolveError, StartError, Tracker, TrackerMode, TrackerOptions,
 };
 use attestor_tests::cart::{POD_UID, app_hex, cart_pod, expected_app_selectors};
 use attestor_tests::kubelet_sim::{KubeletSim, generate_pods, hex64};
 use attestor_tests::pidns::{self, Stage};
+use attestor_tests::sandbox::{Layout, Sandbox};
+use attestor_tests::spawn::spawn_into_cgroup;
 use attestor_tests::tempdir::TempDir;
 use attestor_tests::{
     comm, kill_and_reap, plugin_attest, require_root, run_attestor, start_configured_plugin,

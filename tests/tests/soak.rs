@@ -19,10 +19,10 @@ use attestor::plugin::proto::goplugin::Empty;
 use attestor::plugin::proto::goplugin::grpc_controller_client::GrpcControllerClient;
 use attestor::plugin::proto::workloadattestor::AttestRequest;
 use attestor::plugin::proto::workloadattestor::workload_attestor_client::WorkloadAttestorClient;
-use attestor::sandbox::{Layout, Sandbox};
-use attestor::tracker::spawn_into_cgroup;
 use attestor_tests::cart::{POD_UID, app_hex, cart_pod, expected_app_selectors};
 use attestor_tests::kubelet_sim::{KubeletSim, generate_pods};
+use attestor_tests::sandbox::{Layout, Sandbox};
+use attestor_tests::spawn::spawn_into_cgroup;
 use attestor_tests::tempdir::TempDir;
 use attestor_tests::{attestor_bin, comm, kill_and_reap, require_root, wait_for};
 

@@ -4,11 +4,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use attestor::sandbox::{Layout, Sandbox};
-use attestor::tracker::{
-    EntryOrigin, ResolveError, Source, Tracker, TrackerMode, TrackerOptions, spawn_into_cgroup,
-};
+use attestor::tracker::{EntryOrigin, ResolveError, Source, Tracker, TrackerMode, TrackerOptions};
 use attestor_common::{flags, origin};
+use attestor_tests::sandbox::{Layout, Sandbox};
+use attestor_tests::spawn::spawn_into_cgroup;
 use attestor_tests::{cgroup_id, children, comm, kill_and_reap, reap, require_root, wait_for};
 
 const POD: &str = "0b6f8a2c-93d1-4e77-b2f5-1c9d0e8a7f61";

@@ -83,9 +83,11 @@ const KERNELS: &[Kernel] = &[
     },
 ];
 
-/// Integration-test targets (`tests/tests/*.rs` of attestor-tests, `attestor/tests/*.rs` of
-/// attestor) run in every guest: the kernel-facing ones. Every other target is in
-/// [`SKIPPED`] with the reason; a unit test checks that each target is in exactly one list.
+/// Integration-test targets (`tests/tests/*.rs` of attestor-tests) run in every guest: the
+/// kernel-facing ones. Every other target, also each of `attestor/tests/*.rs` (the shipped
+/// crate's own tests, none kernel-facing: kernel tests need the test scaffolding, which lives
+/// in attestor-tests), is in [`SKIPPED`] with the reason; a unit test checks that each target
+/// is in exactly one list.
 /// `soak` runs the real plugin binary's gRPC server in the guest (1,000 concurrent Attests);
 /// `pidns` runs as PID 1 of a new PID namespace; `forgery` uses util-linux's `unshare`,
 /// copied into the guest with its libraries ([`GUEST_HOST_TOOLS`]).
@@ -139,12 +141,14 @@ const SKIPPED: &[(&str, &str)] = &[
     ),
 ];
 
-/// Packages whose integration tests the guests run (`--test` names are unique across them).
-const GUEST_PACKAGES: &[&str] = &["attestor-tests", "attestor"];
+/// Packages whose integration tests the guests run: only attestor-tests (see [`GUEST_TESTS`];
+/// a unit test keeps every guest target in `tests/tests/`).
+const GUEST_PACKAGES: &[&str] = &["attestor-tests"];
 
 /// Binaries the guest tests run by their build path (`env!("CARGO_BIN_EXE_<name>")`): copied
-/// into the initramfs at that same absolute path.
-const GUEST_BINS: &[&str] = &["attestor", "demo"];
+/// into the initramfs at that same absolute path. The `attestor` CLI is not one of them: the
+/// tests find it as `/t/attestor` beside `/t/deps/<test>` (`attestor_tests::attestor_bin`).
+const GUEST_BINS: &[&str] = &["demo"];
 
 /// util-linux tools the guest tests need beyond busybox's applets (busybox 1.35's `unshare`
 /// has no `--cgroup`), copied with their shared libraries.
@@ -924,6 +928,16 @@ mod tests {
         }
         for (name, why) in SKIPPED {
             assert!(!why.trim().is_empty(), "{name}: say why it is skipped");
+        }
+        // The guests build only GUEST_PACKAGES (attestor-tests).
+        for name in GUEST_TESTS {
+            assert!(
+                workspace_root()
+                    .join("tests/tests")
+                    .join(format!("{name}.rs"))
+                    .is_file(),
+                "guest test `{name}` must be a tests/tests/*.rs target of attestor-tests"
+            );
         }
     }
 

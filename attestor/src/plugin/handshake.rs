@@ -20,6 +20,14 @@ pub const APP_PROTOCOL_VERSION: u32 = 1;
 /// sun_path is 108 bytes including the NUL.
 const SUN_PATH_MAX: usize = 107;
 
+/// What the plugin logs (error level, hclog JSON on stderr, which the host relays) before it
+/// exits 1 when the host sets `PLUGIN_CLIENT_CERT`. SPIRE starts external plugins with
+/// `AutoMTLS: false` (spiffe/spire `pkg/common/catalog/external.go`, `loadExternal`); a host
+/// that asks for TLS gets no server rather than a plaintext one.
+pub const AUTO_MTLS_REFUSED: &str = "PLUGIN_CLIENT_CERT is set, so the host asks for go-plugin \
+     AutoMTLS: not supported (SPIRE never enables it); exiting without serving, as this plugin \
+     never falls back to plaintext";
+
 /// What the host told us through the environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostEnv {
@@ -32,8 +40,9 @@ pub struct HostEnv {
     pub socket_dir: PathBuf,
     /// `PLUGIN_UNIX_SOCKET_GROUP`: group name or numeric gid for the socket (mode 0660).
     pub socket_group: Option<String>,
-    /// `PLUGIN_CLIENT_CERT`: the host wants AutoMTLS and this is its certificate (PEM).
-    pub client_cert: Option<String>,
+    /// `PLUGIN_CLIENT_CERT` is set (non-empty, as go-plugin's own check): the host wants
+    /// AutoMTLS, which we refuse ([`AUTO_MTLS_REFUSED`]).
+    pub auto_mtls_requested: bool,
     /// `PLUGIN_MULTIPLEX_GRPC` is set (we answer without multiplexing, 6 fields).
     pub multiplex_requested: bool,
 }
@@ -71,7 +80,7 @@ impl HostEnv {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/tmp")),
             socket_group: non_empty("PLUGIN_UNIX_SOCKET_GROUP"),
-            client_cert: non_empty("PLUGIN_CLIENT_CERT"),
+            auto_mtls_requested: non_empty("PLUGIN_CLIENT_CERT").is_some(),
             multiplex_requested: non_empty("PLUGIN_MULTIPLEX_GRPC").is_some(),
         }
     }
@@ -102,15 +111,15 @@ impl fmt::Display for Address {
     }
 }
 
-/// `CORE|APP|NETWORK|ADDR|grpc|CERT` + newline: six fields, `CERT` empty without AutoMTLS
-/// (else the server certificate, DER in unpadded base64), never a seventh (older hosts
-/// split into at most six).
-pub fn handshake_line(addr: &Address, cert: &str) -> String {
+/// `CORE|APP|NETWORK|ADDR|grpc|` + newline: six fields, the sixth (AutoMTLS's server
+/// certificate) always empty as in every Go plugin without AutoMTLS, never a seventh (older
+/// hosts split into at most six).
+pub fn handshake_line(addr: &Address) -> String {
     let (network, address) = match addr {
         Address::Unix(p) => ("unix", p.display().to_string()),
         Address::Tcp(a) => ("tcp", a.to_string()),
     };
-    format!("{CORE_PROTOCOL_VERSION}|{APP_PROTOCOL_VERSION}|{network}|{address}|grpc|{cert}\n")
+    format!("{CORE_PROTOCOL_VERSION}|{APP_PROTOCOL_VERSION}|{network}|{address}|grpc|\n")
 }
 
 /// A bound listener, not yet handed to tokio.
@@ -285,7 +294,7 @@ mod tests {
                 max_port: 25000,
                 socket_dir: PathBuf::from("/var/tmp"),
                 socket_group: None,
-                client_cert: None,
+                auto_mtls_requested: false,
                 multiplex_requested: false,
             }
         );
@@ -303,27 +312,23 @@ mod tests {
         ]);
         assert_eq!(e.socket_dir, PathBuf::from("/run/p"));
         assert!(!e.accepts_app_version());
-        assert_eq!(
-            e.client_cert.as_deref(),
-            Some("-----BEGIN CERTIFICATE-----")
-        );
+        assert!(e.auto_mtls_requested);
         assert_eq!(e.min_port, 10000);
         assert_eq!(env(&[]).socket_dir, PathBuf::from("/tmp"));
+        // go-plugin's Serve checks `!= ""`: an empty PLUGIN_CLIENT_CERT is no AutoMTLS.
+        assert!(!env(&[("PLUGIN_CLIENT_CERT", "")]).auto_mtls_requested);
         assert!(env(&[]).accepts_app_version());
     }
 
     #[test]
     fn handshake_line_has_six_fields() {
         assert_eq!(
-            handshake_line(&Address::Unix(PathBuf::from("/tmp/plugin3358238432")), ""),
+            handshake_line(&Address::Unix(PathBuf::from("/tmp/plugin3358238432"))),
             "1|1|unix|/tmp/plugin3358238432|grpc|\n"
         );
         assert_eq!(
-            handshake_line(
-                &Address::Tcp(SocketAddr::from(([127, 0, 0, 1], 10001))),
-                "MIIB"
-            ),
-            "1|1|tcp|127.0.0.1:10001|grpc|MIIB\n"
+            handshake_line(&Address::Tcp(SocketAddr::from(([127, 0, 0, 1], 10001)))),
+            "1|1|tcp|127.0.0.1:10001|grpc|\n"
         );
     }
 

@@ -3,15 +3,21 @@
 //! A SPIRE agent starts the binary with `WorkloadAttestor=WorkloadAttestor` in its
 //! environment (go-plugin's magic cookie). [`run`] then:
 //! 1. installs the hclog JSON logger on stderr ([`hclog`]) and a panic hook that logs there;
-//! 2. with `PLUGIN_CLIENT_CERT` (go-plugin AutoMTLS, which SPIRE never enables) serves TLS
-//!    that accepts only that client certificate (`mtls`), or exits 1, never plaintext;
+//! 2. exits 1 if the host set `PLUGIN_CLIENT_CERT` (go-plugin AutoMTLS, see below);
 //! 3. builds the [`WorkloadAttestor`], binds `<dir>/plugin<random>` (TCP only if no unix socket is
-//!    possible) and prints the one handshake line `1|1|unix|<path>|grpc|` on stdout (the
-//!    last field is the server certificate with AutoMTLS);
-//! 4. serves gRPC (plaintext h2c unless AutoMTLS): health, go-plugin's
+//!    possible) and prints the one handshake line `1|1|unix|<path>|grpc|` on stdout;
+//! 4. serves gRPC (plaintext h2c, as every SPIRE plugin): health, go-plugin's
 //!    broker/controller/stdio, and SPIRE's Init, Config and WorkloadAttestor (`services`);
 //! 5. stops on `GRPCController/Shutdown` or SIGTERM (SIGINT is ignored, as in go-plugin),
 //!    runs `WorkloadAttestor::deinit` if the host has not, removes the socket and exits 0.
+//!
+//! **No AutoMTLS.** SPIRE's agent starts external plugins with `AutoMTLS: false`
+//! (spiffe/spire `pkg/common/catalog/external.go`, `loadExternal`; go-plugin's brokered
+//! connections cannot use it), so the transport is a unix socket only the agent's user can
+//! reach. A host that asks for AutoMTLS gets a refusal before the handshake
+//! ([`handshake::AUTO_MTLS_REFUSED`]), never a plaintext server in place of the TLS it
+//! asked for. Supporting it would put a certificate generator, a P-521 verifier and a TLS
+//! server into a binary whose only host never uses them.
 //!
 //! Wire details and their sources: `../shared/reference/spire-plugin-protocol.md`.
 //!
@@ -20,9 +26,11 @@
 
 pub mod handshake;
 pub mod hclog;
+/// Test support (`test-support` feature): the fuzz targets and attestor-tests drive the
+/// services without a socket; the shipped binary does not carry it.
+#[cfg(feature = "test-support")]
 pub mod in_process;
 mod metrics;
-mod mtls;
 pub mod proto;
 mod services;
 
@@ -104,23 +112,12 @@ where
     hclog::HclogLogger::install();
     install_panic_hook();
     let env = HostEnv::from_env();
-    // AutoMTLS (go-plugin hosts other than SPIRE): TLS or nothing, never plaintext.
-    let tls = match env
-        .client_cert
-        .as_deref()
-        .map(mtls::AutoMtls::from_client_pem)
-    {
-        None => None,
-        Some(Ok(tls)) => Some(tls),
-        Some(Err(e)) => {
-            log::error!(
-                error = e.to_string();
-                "the host asked for AutoMTLS (PLUGIN_CLIENT_CERT) but TLS cannot be set up; \
-                 refusing to serve plaintext"
-            );
-            return 1;
-        }
-    };
+    // Before anything is built or bound: a host that asked for TLS must not get a plaintext
+    // server, and we serve no TLS (module docs).
+    if env.auto_mtls_requested {
+        log::error!("{}", handshake::AUTO_MTLS_REFUSED);
+        return 1;
+    }
     if !env.accepts_app_version() {
         log::warn!(
             host_versions = env.protocol_versions.join(",");
@@ -155,7 +152,7 @@ where
             return 1;
         }
     };
-    match runtime.block_on(serve(attestor, bound, tls)) {
+    match runtime.block_on(serve(attestor, bound)) {
         Ok(()) => 0,
         Err(e) => {
             log::error!(error = e; "plugin server failed");
@@ -180,11 +177,7 @@ fn install_panic_hook() {
     }));
 }
 
-async fn serve<A: WorkloadAttestor>(
-    attestor: A,
-    bound: Bound,
-    tls: Option<mtls::AutoMtls>,
-) -> Result<(), String> {
+async fn serve<A: WorkloadAttestor>(attestor: A, bound: Bound) -> Result<(), String> {
     let shutdown = CancellationToken::new();
     watch_signals(shutdown.clone())?;
     let shared = services::Shared::new(attestor, shutdown.clone());
@@ -192,46 +185,29 @@ async fn serve<A: WorkloadAttestor>(
         .add_routes(routes(services::Services(shared.clone())).await);
 
     let address = bound.address();
-    let cert = tls
-        .as_ref()
-        .map(|t| t.cert_field().to_string())
-        .unwrap_or_default();
     let stop = shutdown.clone().cancelled_owned();
     type ServeFuture = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
     // `_socket` removes the socket file when this function returns.
-    let (server, _socket): (ServeFuture, _) =
-        match bound {
-            Bound::Unix(l, file) => {
-                let l = to_tokio_unix(l).map_err(|e| format!("unix listener: {e}"))?;
-                let incoming = tokio_stream::wrappers::UnixListenerStream::new(l);
-                let fut: ServeFuture = match tls {
-                    None => Box::pin(router.serve_with_incoming_shutdown(incoming, stop)),
-                    Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
-                        tls.incoming(incoming, shutdown.clone()),
-                        stop,
-                    )),
-                };
-                (fut, Some(file))
-            }
-            Bound::Tcp(l) => {
-                l.set_nonblocking(true)
-                    .map_err(|e| format!("tcp listener: {e}"))?;
-                let l = tokio::net::TcpListener::from_std(l)
-                    .map_err(|e| format!("tcp listener: {e}"))?;
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
-                let fut: ServeFuture = match tls {
-                    None => Box::pin(router.serve_with_incoming_shutdown(incoming, stop)),
-                    Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
-                        tls.incoming(incoming, shutdown.clone()),
-                        stop,
-                    )),
-                };
-                (fut, None)
-            }
-        };
+    let (server, _socket): (ServeFuture, _) = match bound {
+        Bound::Unix(l, file) => {
+            let l = to_tokio_unix(l).map_err(|e| format!("unix listener: {e}"))?;
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(l);
+            let fut: ServeFuture = Box::pin(router.serve_with_incoming_shutdown(incoming, stop));
+            (fut, Some(file))
+        }
+        Bound::Tcp(l) => {
+            l.set_nonblocking(true)
+                .map_err(|e| format!("tcp listener: {e}"))?;
+            let l =
+                tokio::net::TcpListener::from_std(l).map_err(|e| format!("tcp listener: {e}"))?;
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+            let fut: ServeFuture = Box::pin(router.serve_with_incoming_shutdown(incoming, stop));
+            (fut, None)
+        }
+    };
 
     // The handshake line is the first and only thing we write on stdout.
-    let line = handshake::handshake_line(&address, &cert);
+    let line = handshake::handshake_line(&address);
     {
         let mut out = std::io::stdout().lock();
         out.write_all(line.as_bytes())
@@ -239,7 +215,7 @@ async fn serve<A: WorkloadAttestor>(
             .map_err(|e| format!("cannot write the handshake line to stdout: {e}"))?;
     }
     log::debug!(
-        address = address.to_string(), tls = !cert.is_empty(), version = env!("CARGO_PKG_VERSION");
+        address = address.to_string(), version = env!("CARGO_PKG_VERSION");
         "plugin serving"
     );
 
@@ -259,7 +235,7 @@ async fn serve<A: WorkloadAttestor>(
 }
 
 /// Every service the plugin serves, health reporting "plugin" SERVING. The server and
-/// [`in_process::InProcess`] (fuzzing, tests) share it, so both dispatch alike.
+/// `in_process::InProcess` (fuzzing, tests; `test-support`) share it, so both dispatch alike.
 async fn routes<A: WorkloadAttestor>(svc: services::Services<A>) -> tonic::service::Routes {
     use proto::config::config_server::ConfigServer;
     use proto::goplugin::grpc_broker_server::GrpcBrokerServer;

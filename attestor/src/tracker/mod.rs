@@ -701,16 +701,3 @@ fn probe_pidfd_info() -> bool {
     };
     matches!(sys::pidfd_cgroup_id(fd.as_fd()), Ok(Some(_)))
 }
-
-/// Test and demo helper: start a process directly inside the cgroup directory `dir`
-/// (`clone3(CLONE_INTO_CGROUP)`). `argv`: program to exec, or `None` for a forked child that
-/// never execs (it waits until killed). `pid`: ask for this exact pid (needs CAP_SYS_ADMIN).
-#[doc(hidden)]
-pub fn spawn_into_cgroup(
-    dir: &std::path::Path,
-    argv: Option<&[&str]>,
-    pid: Option<i32>,
-) -> io::Result<i32> {
-    let d = std::fs::File::open(dir)?;
-    sys::spawn_into_cgroup(d.as_fd(), argv, pid)
-}

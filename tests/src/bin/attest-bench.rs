@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 
 use attestor::attest::Attestor;
 use attestor::config::Config;
-use attestor::sandbox::{Layout, Sandbox};
-use attestor::tracker::{Tracker, TrackerMode, TrackerOptions, spawn_into_cgroup};
+use attestor::tracker::{Tracker, TrackerMode, TrackerOptions};
 use attestor_tests::kubelet_sim::{
     ContainerKind, KubeletSim, PodBuilder, Runtime, generate_pods, hex64, uuid,
 };
+use attestor_tests::sandbox::{Layout, Sandbox};
+use attestor_tests::spawn::spawn_into_cgroup;
 use attestor_tests::tempdir::TempDir;
 use attestor_tests::{comm, kill_and_reap, require_root, wait_for};
 

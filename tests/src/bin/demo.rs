@@ -14,10 +14,11 @@ use std::time::Duration;
 
 use attestor::attest::Attestor;
 use attestor::config::Config;
-use attestor::sandbox::{Layout, Sandbox};
-use attestor::tracker::{Tracker, TrackerOptions, spawn_into_cgroup};
+use attestor::tracker::{Tracker, TrackerOptions};
 use attestor_tests::demo;
 use attestor_tests::kubelet_sim::{ContainerKind, KubeletSim, Runtime, generate_pods};
+use attestor_tests::sandbox::{Layout, Sandbox};
+use attestor_tests::spawn::spawn_into_cgroup;
 use attestor_tests::tempdir::TempDir;
 use attestor_tests::{children, comm, kill_and_reap, require_root, wait_for};
 

@@ -10,8 +10,9 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use attestor::sandbox::{Layout, Sandbox};
-use attestor::tracker::{Source, Tracker, TrackerMode, TrackerOptions, spawn_into_cgroup};
+use attestor::tracker::{Source, Tracker, TrackerMode, TrackerOptions};
+use attestor_tests::sandbox::{Layout, Sandbox};
+use attestor_tests::spawn::spawn_into_cgroup;
 use attestor_tests::{comm, kill_and_reap, require_root, wait_for};
 
 static CLOSE_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

@@ -3,6 +3,9 @@
 //! A [`Sandbox`] is a directory `<cgroup2 mount>/attestor-<tag>-<pid>-<n>` under which pod and
 //! container cgroups are created with the names kubelet and the runtimes use. Dropping it
 //! kills every process inside and removes the whole tree, also when a test panics.
+//!
+//! It lives here, not in the `attestor` crate: a type whose `Drop` SIGKILLs every process of
+//! a cgroup tree has no place in the shipped binary's public API.
 
 use std::fs;
 use std::io;
@@ -10,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::cgroupfs::CgroupFs;
+use attestor::cgroupfs::CgroupFs;
 
 /// How kubelet names pod and container cgroups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,9 +111,9 @@ impl Drop for Sandbox {
         for dir in &dirs {
             loop {
                 for pid in Self::pids_in(dir) {
-                    crate::sys::kill(pid, libc::SIGKILL);
+                    crate::cleanup::signal(pid, libc::SIGKILL);
                     // Reap our own children so they do not linger as zombies in the cgroup.
-                    crate::sys::reap(pid);
+                    reap_if_child(pid);
                 }
                 match fs::remove_dir(dir) {
                     Ok(()) => break,
@@ -126,4 +129,12 @@ impl Drop for Sandbox {
             }
         }
     }
+}
+
+/// Non-blocking `waitpid`: reaps `pid` if it is an exited child of ours; no-op for other
+/// processes (not our child, still running), so it is safe on every PID of the tree.
+fn reap_if_child(pid: i32) {
+    let mut status = 0;
+    // SAFETY: `status` is a valid out-pointer for the call; WNOHANG never blocks.
+    unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
 }

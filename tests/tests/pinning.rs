@@ -6,15 +6,13 @@
 use std::process::Command;
 
 use attestor::cgroupfs::CgroupFs;
-use attestor::sandbox::{Layout, Sandbox};
-use attestor::tracker::spawn_into_cgroup;
-
-mod common;
-use common::is_root;
+use attestor_tests::sandbox::{Layout, Sandbox};
+use attestor_tests::spawn::spawn_into_cgroup;
+use attestor_tests::{attestor_bin, require_root};
 
 #[test]
 fn the_ebpf_tracker_pins_no_map_or_program() {
-    if !is_root() {
+    if !require_root() {
         return;
     }
     let cgfs = CgroupFs::discover().expect("cgroup2 mount");
@@ -32,7 +30,7 @@ fn the_ebpf_tracker_pins_no_map_or_program() {
         "mount -t bpf bpf /sys/fs/bpf && echo BEFORE: && find /sys/fs/bpf -mindepth 1 \
          && echo RESOLVE: && {bin} resolve --pid {pid} --tracker ebpf --output json \
          && echo AFTER: && find /sys/fs/bpf -mindepth 1",
-        bin = env!("CARGO_BIN_EXE_attestor")
+        bin = attestor_bin().display()
     );
     let out = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c", &script])

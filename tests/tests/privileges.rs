@@ -4,17 +4,15 @@
 use std::process::Command;
 
 use attestor::cgroupfs::CgroupFs;
-use attestor::sandbox::{Layout, Sandbox};
-use attestor::tracker::spawn_into_cgroup;
-
-mod common;
-use common::is_root;
+use attestor_tests::sandbox::{Layout, Sandbox};
+use attestor_tests::spawn::spawn_into_cgroup;
+use attestor_tests::{attestor_bin, require_root};
 
 fn resolve_with_caps(caps: &str, pid: i32, tracker: &str) -> (bool, serde_json::Value) {
     let out = Command::new("setpriv")
         .args(["--inh-caps=-all", "--ambient-caps=-all"])
         .arg(format!("--bounding-set=-all{caps}"))
-        .arg(env!("CARGO_BIN_EXE_attestor"))
+        .arg(attestor_bin())
         .args([
             "resolve",
             "--pid",
@@ -38,7 +36,7 @@ fn resolve_with_caps(caps: &str, pid: i32, tracker: &str) -> (bool, serde_json::
 
 #[test]
 fn ebpf_tracking_needs_only_bpf_and_perfmon() {
-    if !is_root() {
+    if !require_root() {
         return;
     }
     let cgfs = CgroupFs::discover().expect("cgroup2 mount");
