@@ -7,9 +7,10 @@ use crate::{build_ebpf, setup};
 
 #[derive(clap::Args, Default)]
 pub struct Options {
-    /// Which benchmark: `tracker` (resolve, spawn overhead, map memory), `attest` (warm,
-    /// cold, burst live attestation), `plugin` (Attest round trip through go-plugin,
-    /// start → handshake) or `all`.
+    /// Which benchmark: `tracker` (resolve, spawn overhead, map memory), `lookup` (1/8/64
+    /// concurrent lookups, lock-free vs one Mutex; eBPF start-up), `attest` (warm, cold, burst
+    /// live attestation), `plugin` (Attest round trip through go-plugin, start → handshake)
+    /// or `all`.
     #[arg(default_value = "all")]
     pub which: String,
 }
@@ -23,10 +24,13 @@ pub fn run(opts: &Options) -> Result<()> {
     let which = opts.which.as_str();
     let bins: &[&str] = match which {
         "tracker" => &["tracker-bench"],
+        "lookup" => &["lookup-bench"],
         "attest" => &["attest-bench"],
         "plugin" => &[],
-        "all" => &["tracker-bench", "attest-bench"],
-        other => bail!("unknown benchmark `{other}` (expected: tracker, attest, plugin, all)"),
+        "all" => &["tracker-bench", "lookup-bench", "attest-bench"],
+        other => {
+            bail!("unknown benchmark `{other}` (expected: tracker, lookup, attest, plugin, all)")
+        }
     };
     for bin in bins {
         exec(cargo().args([

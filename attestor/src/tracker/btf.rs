@@ -207,6 +207,14 @@ impl Btf {
         })
     }
 
+    /// The id of the typedef named `name` (`btf_trace_<tracepoint>` for a tp_btf program).
+    pub fn typedef_id(&self, name: &str) -> Option<u32> {
+        (1..=self.offsets.len() as u32).find(|&id| {
+            self.type_header(id)
+                .is_ok_and(|h| h.kind == KIND_TYPEDEF && self.name(h.name_off) == name.as_bytes())
+        })
+    }
+
     /// Byte offset and type id of `member` in struct/union `id`, looking into anonymous
     /// struct/union members as C does.
     pub fn member(&self, id: u32, member: &str) -> Result<Option<(u32, u32)>, BtfError> {
@@ -249,6 +257,44 @@ impl Btf {
         }
         Ok(None)
     }
+}
+
+/// A BTF blob in which type `id` is the typedef `name` and every type before it a bare
+/// pointer: all that aya's `BtfTracePoint::load` reads from the kernel BTF it is given (it
+/// looks up `btf_trace_<tracepoint>` by name and kind and attaches to that id). aya parses
+/// this in well under a millisecond, where the whole vmlinux BTF costs it tens of
+/// milliseconds (see `KernelTracker::load`). `None`: a blob without the typedef, so aya
+/// reports the missing tracepoint type itself.
+pub fn attach_only_blob(typedef: Option<u32>, name: &str) -> Vec<u8> {
+    let count = typedef.unwrap_or(0) as usize;
+    let type_len = 12 * count;
+    let mut strings = vec![0u8];
+    strings.extend_from_slice(name.as_bytes());
+    strings.push(0);
+    let mut b = Vec::with_capacity(24 + type_len + strings.len());
+    b.extend_from_slice(&MAGIC.to_le_bytes());
+    b.extend_from_slice(&[1, 0]); // version 1, no flags
+    for w in [
+        24u32,
+        0,
+        type_len as u32,
+        type_len as u32,
+        strings.len() as u32,
+    ] {
+        b.extend_from_slice(&w.to_le_bytes());
+    }
+    for i in 1..=count {
+        let (name_off, kind) = if i == count {
+            (1, KIND_TYPEDEF)
+        } else {
+            (0, KIND_PTR)
+        };
+        for w in [name_off, kind << 24, 0] {
+            b.extend_from_slice(&w.to_le_bytes());
+        }
+    }
+    b.extend_from_slice(&strings);
+    b
 }
 
 #[cfg(test)]
@@ -318,6 +364,15 @@ mod tests {
         assert_eq!(btf.member(task, "nope").expect("ok"), None);
         assert_eq!(btf.size_of(2).expect("ptr"), 8);
         assert_eq!(btf.size_of(1).expect("int"), 4);
+    }
+
+    #[test]
+    fn attach_only_blob_puts_the_typedef_at_its_id() {
+        let btf = Btf::parse(attach_only_blob(Some(5), "btf_trace_x")).expect("parse");
+        assert_eq!(btf.typedef_id("btf_trace_x"), Some(5));
+        assert_eq!(btf.typedef_id("btf_trace_y"), None);
+        let empty = Btf::parse(attach_only_blob(None, "btf_trace_x")).expect("parse");
+        assert_eq!(empty.typedef_id("btf_trace_x"), None);
     }
 
     #[test]

@@ -11,17 +11,20 @@
 //!
 //! None of them is fentry/fexit/LSM, which some kernels refuse (EPERM on the development host).
 
+use attestor_common::{PROCS_MAP, STATS_MAP, global, stat};
+use aya::maps::{MapData, PerCpuArray};
+use aya::programs::{BtfTracePoint, TracePoint};
+use aya::{Btf, Ebpf, EbpfLoader, Endianness};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
-use attestor_common::{PROCS_MAP, ProcEntry, STATS_MAP, global, stat};
-use aya::maps::{HashMap, MapData, PerCpuArray};
-use aya::programs::{BtfTracePoint, TracePoint};
-use aya::{Btf, Ebpf, EbpfLoader};
-
-use super::offsets::{AttachOffsets, OffsetError, TaskOffsets, VMLINUX_BTF};
+use super::btf;
+use super::offsets::{self, AttachOffsets, OffsetError, TaskOffsets, VMLINUX_BTF};
+use super::procmap::AyaProcMap;
 use crate::sys;
+
+/// The BTF type a `tp_btf/task_newtask` program attaches by.
+const NEWTASK_TYPEDEF: &str = "btf_trace_task_newtask";
 
 /// The object built by `cargo xtask build-ebpf` (see attestor/build.rs).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/attestor-ebpf.o"));
@@ -55,7 +58,15 @@ pub enum KernelError {
     },
     #[error("map `{name}` missing or of the wrong type: {message}")]
     Map { name: &'static str, message: String },
-    #[error("reading the kernel BTF for program load failed: {0}")]
+    /// The object embedded at build time lacks a program this binary attaches: the two were
+    /// built from different sources.
+    #[error(
+        "program `{name}` is not in the embedded eBPF object: the object is from another \
+         version of attestor-ebpf than this binary; rebuild it with `cargo xtask build-ebpf`, \
+         then rebuild attestor"
+    )]
+    MissingProgram { name: &'static str },
+    #[error("building the BTF for the tp_btf attach failed: {0}")]
     Btf(#[source] aya::BtfError),
     /// The kernel programs key processes by their tgid in the initial PID namespace; the
     /// agent hands us numbers of its own namespace. Mixing the two would answer one process's
@@ -79,11 +90,11 @@ fn tracefs_root() -> Result<PathBuf, KernelError> {
     Ok(PathBuf::from("/sys/kernel/tracing"))
 }
 
-/// The loaded and attached programs plus the maps userspace reads.
+/// The loaded and attached programs plus the counters userspace reads. The process map is
+/// handed out by [`KernelTracker::load`] as an [`AyaProcMap`] (the tracker's map seam).
 pub struct KernelTracker {
     // Dropping `Ebpf` detaches the programs and frees the maps.
     ebpf: Ebpf,
-    procs: Mutex<HashMap<MapData, u32, ProcEntry>>,
     stats: PerCpuArray<MapData, u64>,
     pub max_entries: u32,
     pub task_offsets: TaskOffsets,
@@ -108,13 +119,11 @@ pub struct KernelStats {
     pub read_failed: u64,
 }
 
-const BPF_NOEXIST: u64 = 1;
-const BPF_EXIST: u64 = 2;
-
 impl KernelTracker {
-    /// Loads and attaches everything. `log_level`: aya-log level for kernel debug records
-    /// (0 = off; the programs then pay one global load per log site, nothing more).
-    pub fn load(max_entries: u32, log_level: u8) -> Result<Self, KernelError> {
+    /// Loads and attaches everything; returns the programs and the process map.
+    /// `log_level`: aya-log level for kernel debug records (0 = off; the programs then pay
+    /// one global load per log site, nothing more).
+    pub(crate) fn load(max_entries: u32, log_level: u8) -> Result<(Self, AyaProcMap), KernelError> {
         if OBJECT.is_empty() {
             return Err(KernelError::NotEmbedded);
         }
@@ -123,7 +132,12 @@ impl KernelTracker {
             return Err(KernelError::NoBtf);
         }
         let started = std::time::Instant::now();
-        let task_offsets = TaskOffsets::from_btf_file(btf_path)?;
+        // The one parse of the kernel BTF that is ours to choose: our reader answers both the
+        // struct offsets and the id `task_newtask` attaches by (see the loader below).
+        let kernel_btf = offsets::read_btf(btf_path)?;
+        let task_offsets = TaskOffsets::from_btf(&kernel_btf)?;
+        let newtask_id = kernel_btf.typedef_id(NEWTASK_TYPEDEF);
+        drop(kernel_btf);
         let offsets_done = started.elapsed();
         let tracefs = tracefs_root()?;
         let attach_offsets = AttachOffsets::from_format_file(
@@ -132,12 +146,19 @@ impl KernelTracker {
         // Only matters before 5.11 (memcg accounting replaced the rlimit); harmless after.
         let _ = sys::raise_memlock_rlimit();
 
-        // One parse of the kernel BTF serves the loader's relocations and the tp_btf attach
-        // (parsing it twice costs ~25 ms of start-up; sharing it ~10 MB more peak RSS).
-        let btf = Btf::from_sys_fs().map_err(KernelError::Btf)?;
+        // aya 0.14's `EbpfLoader::new()` always parses /sys/kernel/btf/vmlinux itself (for CO-RE
+        // relocations) and keeps it private: that parse cannot be skipped or shared. So it is
+        // the only aya parse: the loader keeps its own (no `.btf(..)`), and the tp_btf attach,
+        // which needs nothing from the kernel BTF but one typedef's id, gets a stub BTF built
+        // from the id our reader found above (`btf::attach_only_blob`). Before, a second full
+        // aya parse (`Btf::from_sys_fs()`) served the attach: ~3 parses, now ~1 + ours.
+        let attach_btf = Btf::parse(
+            &btf::attach_only_blob(newtask_id, NEWTASK_TYPEDEF),
+            Endianness::default(),
+        )
+        .map_err(KernelError::Btf)?;
         let btf_done = started.elapsed();
         let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
             .map_max_entries(PROCS_MAP, max_entries)
             .override_global(global::OFF_TASK_FLAGS, &task_offsets.task_flags, true)
             .override_global(global::OFF_TASK_TGID, &task_offsets.task_tgid, true)
@@ -171,7 +192,7 @@ impl KernelTracker {
         attach_tracepoint(&mut ebpf, "cgroup_attach_task", "cgroup")?;
         attach_tracepoint(&mut ebpf, "sched_process_exec", "sched")?;
         let prog: &mut BtfTracePoint = program(&mut ebpf, "task_newtask")?;
-        prog.load("task_newtask", &btf)
+        prog.load("task_newtask", &attach_btf)
             .map_err(|source| KernelError::Program {
                 name: "task_newtask",
                 step: "load",
@@ -184,19 +205,18 @@ impl KernelTracker {
         })?;
 
         log::debug!(
-            "eBPF start-up: BTF offsets {offsets_done:?}, kernel BTF parsed at {btf_done:?}, \
-             object loaded at {load_done:?}, programs attached at {:?}",
+            "eBPF start-up: BTF offsets {offsets_done:?}, attach BTF built at {btf_done:?}, \
+             object loaded (aya parses the kernel BTF) at {load_done:?}, programs attached at {:?}",
             started.elapsed()
         );
         let procs = ebpf.take_map(PROCS_MAP).ok_or(KernelError::Map {
             name: PROCS_MAP,
             message: "not in the object".into(),
         })?;
-        let procs: HashMap<MapData, u32, ProcEntry> =
-            HashMap::try_from(procs).map_err(|e| KernelError::Map {
-                name: PROCS_MAP,
-                message: e.to_string(),
-            })?;
+        let procs = AyaProcMap::new(procs).map_err(|e| KernelError::Map {
+            name: PROCS_MAP,
+            message: e.to_string(),
+        })?;
         let stats = ebpf.take_map(STATS_MAP).ok_or(KernelError::Map {
             name: STATS_MAP,
             message: "not in the object".into(),
@@ -206,73 +226,14 @@ impl KernelTracker {
                 name: STATS_MAP,
                 message: e.to_string(),
             })?;
-        Ok(KernelTracker {
+        let kernel = KernelTracker {
             ebpf,
-            procs: Mutex::new(procs),
             stats,
             max_entries,
             task_offsets,
             attach_offsets,
-        })
-    }
-
-    /// The entry for `tgid`, if the kernel has one.
-    pub fn lookup(&self, tgid: u32) -> Option<ProcEntry> {
-        let procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
-        procs.get(&tgid, 0).ok()
-    }
-
-    /// Seeds an entry for a process that existed before the programs were attached.
-    /// Never overwrites what the kernel wrote (`BPF_NOEXIST`).
-    pub fn seed(&self, tgid: u32, cgroup_id: u64) -> bool {
-        let entry = ProcEntry {
-            cgroup_id,
-            origin: attestor_common::origin::SEED,
-            flags: 0,
         };
-        let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
-        procs.insert(tgid, entry, BPF_NOEXIST).is_ok()
-    }
-
-    /// Flags a seeded entry as untrustworthy (its cgroup changed while seeding).
-    pub fn mark_unknown(&self, tgid: u32, cgroup_id: u64) {
-        let entry = ProcEntry {
-            cgroup_id,
-            origin: attestor_common::origin::SEED,
-            flags: attestor_common::flags::UNKNOWN,
-        };
-        let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
-        if procs.insert(tgid, entry, BPF_EXIST).is_err() {
-            let _ = procs.remove(&tgid);
-        }
-    }
-
-    /// Removes `tgid`'s entry if it is still exactly `expected` (a seed whose process died).
-    pub fn remove_if(&self, tgid: u32, expected: &ProcEntry) {
-        let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
-        if procs.get(&tgid, 0).ok().as_ref() == Some(expected) {
-            let _ = procs.remove(&tgid);
-        }
-    }
-
-    /// Fills every free slot with keys above pid_max (never a real tgid), so the next insert
-    /// fails as on a node with more processes than `tracker_max_processes`. For tests.
-    pub fn fill_with_placeholders(&self) -> usize {
-        let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
-        let placeholder = ProcEntry {
-            cgroup_id: 0,
-            origin: 0,
-            flags: attestor_common::flags::UNKNOWN,
-        };
-        let mut added = 0;
-        // PID_MAX_LIMIT is 4194304; keys above it are never looked up.
-        for key in (4_194_305u32..).take(self.max_entries as usize + 1) {
-            match procs.insert(key, placeholder, BPF_NOEXIST) {
-                Ok(()) => added += 1,
-                Err(_) => break,
-            }
-        }
-        added
+        Ok((kernel, procs))
     }
 
     /// `(program, run count, total run time)` for each attached program; the kernel only
@@ -285,25 +246,6 @@ impl KernelTracker {
                 Some((name.to_string(), info.run_count(), info.run_time()))
             })
             .collect()
-    }
-
-    /// Kernel memory charged for the PROCS map (`memlock:` in its fdinfo), in bytes.
-    pub fn map_memory_bytes(&self) -> Option<u64> {
-        use aya::maps::IterableMap;
-        use std::os::fd::{AsFd, AsRawFd};
-        let procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
-        let map: &MapData = procs.map();
-        let fd = map.fd().as_fd().as_raw_fd();
-        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
-        info.lines()
-            .find_map(|l| l.strip_prefix("memlock:"))
-            .and_then(|v| v.trim().parse().ok())
-    }
-
-    /// Number of entries (walks the map: for diagnostics, not the attest path).
-    pub fn entries(&self) -> usize {
-        let procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
-        procs.keys().filter(|k| k.is_ok()).count()
     }
 
     pub fn stats(&self) -> KernelStats {
@@ -325,10 +267,9 @@ fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, K
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let prog = ebpf.program_mut(name).ok_or(KernelError::Map {
-        name,
-        message: "program not in the object".into(),
-    })?;
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or(KernelError::MissingProgram { name })?;
     prog.try_into().map_err(|source| KernelError::Program {
         name,
         step: "type check",

@@ -13,22 +13,34 @@
 //! [`ResolveError::Exited`], never another process's cgroup.
 //!
 //! This module stops at the cgroup; the container locator takes it from there.
+//!
+//! Two seams keep the decisions here testable without root or a kernel (`tests.rs`):
+//! `host.rs` (pidfds, `/proc`, the cgroup2 filesystem) and `procmap.rs` (the kernel's process
+//! map). Their fakes (`fake.rs`) exist only in this crate's unit tests.
 
 mod btf;
+#[cfg(test)]
+mod fake;
+mod host;
 mod kernel;
 pub mod offsets;
 pub mod procfs;
+mod procmap;
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use attestor_common::{ProcEntry, flags, origin};
 
+use host::{Host, OsHost, Pidfd, ProcFile};
 use kernel::KernelTracker;
 pub use kernel::{KernelError, KernelStats};
+use procmap::ProcMap;
 
 use crate::cgroupfs::{CgroupFs, CgroupFsError, ROOT_CGROUP_ID};
 use crate::sys;
@@ -128,14 +140,14 @@ pub struct Resolution {
     pub cgroup_path: Arc<str>,
     pub source: Source,
     pub elapsed: Duration,
-    pidfd: Arc<OwnedFd>,
+    pidfd: Arc<Pidfd>,
 }
 
 impl Resolution {
     /// True while the process that was resolved has not exited. Once it has, its PID may
     /// belong to another process: an identity computed for this resolution must not be used.
     pub fn is_alive(&self) -> bool {
-        matches!(sys::pidfd_exited(self.pidfd.as_fd()), Ok(false))
+        matches!(self.pidfd.exited(), Ok(false))
     }
 }
 
@@ -147,13 +159,13 @@ pub struct Memberships {
     /// The file as the kernel wrote it: `hierarchy-ID:controllers:path` lines.
     pub text: Arc<str>,
     pub elapsed: Duration,
-    pidfd: Arc<OwnedFd>,
+    pidfd: Arc<Pidfd>,
 }
 
 impl Memberships {
     /// As [`Resolution::is_alive`].
     pub fn is_alive(&self) -> bool {
-        matches!(sys::pidfd_exited(self.pidfd.as_fd()), Ok(false))
+        matches!(self.pidfd.exited(), Ok(false))
     }
 }
 
@@ -207,12 +219,17 @@ pub enum ResolveError {
 
 /// The PID tracker.
 pub struct Tracker {
+    /// The kernel's process map, when eBPF is in use: the only part of the kernel side the
+    /// decisions read. Lookups through it take no lock (see `procmap.rs`).
+    procs: Option<Box<dyn ProcMap>>,
+    /// The loaded programs (keeps them attached; counters). Set exactly when `procs` comes
+    /// from them, i.e. always with `procs` outside unit tests.
     kernel: Option<KernelTracker>,
+    /// Pidfds, `/proc` and the cgroup2 filesystem (whose absence, on a legacy cgroup v1 node,
+    /// puts every process in the v2 root: its container is read from the v1 hierarchies).
+    host: Box<dyn Host>,
     /// Why eBPF is not used, if it is not.
     fallback_reason: Option<String>,
-    /// `None` on a legacy cgroup v1 node (no cgroup2 filesystem mounted): every process is in
-    /// the v2 root there and its container is read from the v1 hierarchies.
-    cgroupfs: Option<CgroupFs>,
     /// Whether PIDFD_GET_INFO works here (probed once at start).
     pidfd_info: bool,
 }
@@ -220,11 +237,11 @@ pub struct Tracker {
 impl fmt::Debug for Tracker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tracker")
-            .field("ebpf", &self.kernel.is_some())
+            .field("ebpf", &self.procs.is_some())
             .field("fallback_reason", &self.fallback_reason)
             .field(
                 "cgroup2_mount",
-                &self.cgroupfs.as_ref().map(CgroupFs::mount_point),
+                &self.host.cgroupfs().map(CgroupFs::mount_point),
             )
             .field("pidfd_info", &self.pidfd_info)
             .finish()
@@ -268,7 +285,7 @@ impl Tracker {
             Ok(_) => {}
             Err(e) => log::warn!("cannot raise the open-file limit: {e}"),
         }
-        let (kernel, fallback_reason) = match opts.mode {
+        let (loaded, fallback_reason) = match opts.mode {
             // Without the v2 hierarchy every process is in its root: nothing to track.
             _ if cgroupfs.is_none() => (
                 None,
@@ -294,7 +311,7 @@ impl Tracker {
                     }
                 };
                 match loaded {
-                    Ok(k) => (Some(k), None),
+                    Ok(loaded) => (Some(loaded), None),
                     Err(e) if opts.mode == TrackerMode::Ebpf => {
                         return Err(StartError::EbpfRequired(e));
                     }
@@ -312,13 +329,18 @@ impl Tracker {
                 }
             }
         };
+        let (kernel, procs) = match loaded {
+            Some((kernel, procs)) => (Some(kernel), Some(Box::new(procs) as Box<dyn ProcMap>)),
+            None => (None, None),
+        };
         let tracker = Tracker {
+            procs,
             kernel,
+            host: Box::new(OsHost { cgroupfs }),
             fallback_reason,
-            cgroupfs,
             pidfd_info,
         };
-        if tracker.kernel.is_some() {
+        if tracker.procs.is_some() {
             let seeding = Instant::now();
             tracker.seed();
             log::debug!("seeding from /proc took {:?}", seeding.elapsed());
@@ -326,9 +348,25 @@ impl Tracker {
         Ok(tracker)
     }
 
+    /// A tracker over a scripted host and map (`fake.rs`), for the unit tests.
+    #[cfg(test)]
+    fn with_parts(
+        host: Box<dyn Host>,
+        procs: Option<Box<dyn ProcMap>>,
+        pidfd_info: bool,
+    ) -> Tracker {
+        Tracker {
+            procs,
+            kernel: None,
+            host,
+            fallback_reason: None,
+            pidfd_info,
+        }
+    }
+
     /// True when the kernel programs are loaded.
     pub fn uses_ebpf(&self) -> bool {
-        self.kernel.is_some()
+        self.procs.is_some()
     }
 
     /// Why eBPF is not in use (None when it is).
@@ -338,63 +376,72 @@ impl Tracker {
 
     /// The cgroup2 hierarchy (`None` on a legacy cgroup v1 node).
     pub fn cgroupfs(&self) -> Option<&CgroupFs> {
-        self.cgroupfs.as_ref()
-    }
-
-    fn cgroup2(&self) -> Result<&CgroupFs, CgroupFsError> {
-        self.cgroupfs.as_ref().ok_or(CgroupFsError::NoCgroup2Mount)
+        self.host.cgroupfs()
     }
 
     /// cgroup2 path → id; the root needs no mount (all a legacy v1 node's processes are there).
     fn id_of(&self, path: &str) -> Result<u64, CgroupFsError> {
-        match &self.cgroupfs {
-            None if path == "/" => Ok(ROOT_CGROUP_ID),
-            _ => self.cgroup2()?.id_of(path),
+        match self.host.cgroup_id_of(path) {
+            Err(CgroupFsError::NoCgroup2Mount) if path == "/" => Ok(ROOT_CGROUP_ID),
+            r => r,
         }
     }
 
     /// Kernel map entries and counters, when eBPF is in use.
     pub fn kernel_stats(&self) -> Option<(usize, u32, KernelStats)> {
-        self.kernel
-            .as_ref()
-            .map(|k| (k.entries(), k.max_entries, k.stats()))
+        let (kernel, procs) = (self.kernel.as_ref()?, self.procs.as_ref()?);
+        Some((procs.len(), kernel.max_entries, kernel.stats()))
     }
 
     /// Kernel memory of the process map in bytes (eBPF only).
     pub fn map_memory_bytes(&self) -> Option<u64> {
-        self.kernel.as_ref()?.map_memory_bytes()
+        self.procs.as_ref()?.memory_bytes()
     }
 
     /// Raw map entry for diagnostics and tests (`None`: not tracked or eBPF off).
     pub fn map_entry(&self, pid: u32) -> Option<ProcEntry> {
-        self.kernel.as_ref()?.lookup(pid)
+        self.procs.as_ref()?.get(pid)
     }
 
     /// Fills the kernel map to capacity with placeholder keys (never real pids), to test the
     /// "map full" path on the real kernel. Returns how many were added.
+    #[cfg(feature = "test-support")]
     #[doc(hidden)]
     pub fn fill_map_for_test(&self) -> usize {
-        self.kernel
-            .as_ref()
-            .map_or(0, |k| k.fill_with_placeholders())
+        match (&self.procs, &self.kernel) {
+            (Some(procs), Some(kernel)) => {
+                procmap::fill_with_placeholders(procs.as_ref(), kernel.max_entries)
+            }
+            _ => 0,
+        }
+    }
+
+    /// Puts every map operation, lookups included, behind one `Mutex`, as the tracker did
+    /// before lookups got their own handle: the baseline of the concurrency benchmark.
+    #[cfg(feature = "test-support")]
+    #[doc(hidden)]
+    pub fn serialise_map_for_bench(&mut self) {
+        if let Some(procs) = self.procs.take() {
+            self.procs = Some(Box::new(procmap::Serialised(std::sync::Mutex::new(procs))));
+        }
     }
 
     /// Resolves a PID to its cgroup. See the module doc for the guarantees.
     pub fn resolve(&self, pid: i64) -> Result<Resolution, ResolveError> {
         let started = Instant::now();
         let pid = checked_pid(pid)?;
-        let pidfd = open_pidfd(pid)?;
+        let pidfd = self.open_pidfd(pid)?;
         let looked_up = self.lookup(pid, &pidfd);
         // The process behind the pidfd is still alive ⇒ whatever was read above was its own
         // (see the module doc). A pidfd becomes readable once its process exited: then it is
         // a zombie, or gone and its number possibly reused.
         if self.exited(pid, &pidfd)? {
-            return Err(exited_or_zombie(pid));
+            return Err(self.exited_or_zombie(pid));
         }
         let (cgroup_id, source, cgroup_path) = looked_up?;
         if cgroup_id == ROOT_CGROUP_ID || &*cgroup_path == "/" {
             // Kernel threads live in the root cgroup too; tell them apart (rare path).
-            check_process(pid)?;
+            self.check_process(pid)?;
             return Err(ResolveError::RootCgroup(pid));
         }
         Ok(Resolution {
@@ -423,12 +470,12 @@ impl Tracker {
             Some(r) => (r.pid, r.pidfd.clone()),
             None => {
                 let pid = checked_pid(pid)?;
-                (pid, Arc::new(open_pidfd(pid)?))
+                (pid, Arc::new(self.open_pidfd(pid)?))
             }
         };
-        let text = read_cgroup_file(pid);
+        let text = self.read_cgroup_file(pid);
         if self.exited(pid, &pidfd)? {
-            return Err(exited_or_zombie(pid));
+            return Err(self.exited_or_zombie(pid));
         }
         Ok(Memberships {
             pid,
@@ -438,8 +485,8 @@ impl Tracker {
         })
     }
 
-    fn exited(&self, pid: i32, pidfd: &OwnedFd) -> Result<bool, ResolveError> {
-        sys::pidfd_exited(pidfd.as_fd()).map_err(|source| ResolveError::Io {
+    fn exited(&self, pid: i32, pidfd: &Pidfd) -> Result<bool, ResolveError> {
+        pidfd.exited().map_err(|source| ResolveError::Io {
             pid,
             op: "poll(pidfd)",
             source,
@@ -456,8 +503,8 @@ impl Tracker {
     }
 
     /// Everything that depends on the process, done before the one liveness check.
-    fn lookup(&self, pid: i32, pidfd: &OwnedFd) -> Result<(u64, Source, Arc<str>), ResolveError> {
-        let (id, source, path) = match self.kernel.as_ref().and_then(|k| k.lookup(pid as u32)) {
+    fn lookup(&self, pid: i32, pidfd: &Pidfd) -> Result<(u64, Source, Arc<str>), ResolveError> {
+        let (id, source, path) = match self.procs.as_ref().and_then(|m| m.get(pid as u32)) {
             Some(e) if e.flags & flags::KTHREAD != 0 => {
                 return Err(ResolveError::KernelThread(pid));
             }
@@ -479,16 +526,13 @@ impl Tracker {
     /// cgroup id → path by file handle; without CAP_DAC_READ_SEARCH, from `/proc/<pid>/cgroup`
     /// checked against the id.
     fn path_of(&self, pid: i32, id: u64) -> Result<Arc<str>, ResolveError> {
-        let cgroupfs = self
-            .cgroup2()
-            .map_err(|source| ResolveError::Cgroup { pid, source })?;
-        match cgroupfs.path_of(id) {
+        match self.host.cgroup_path_of(id) {
             Ok(p) => Ok(p),
             Err(CgroupFsError::Resolve { source, .. })
                 if source.raw_os_error() == Some(libc::EPERM) =>
             {
-                let path = read_v2_path(pid)?;
-                match cgroupfs.id_of(&path) {
+                let path = self.read_v2_path(pid)?;
+                match self.host.cgroup_id_of(&path) {
                     Ok(same) if same == id => Ok(path.into()),
                     // Moved meanwhile: the id we hold is no longer its cgroup.
                     Ok(_) | Err(_) => Err(ResolveError::CgroupChanged(pid)),
@@ -501,10 +545,10 @@ impl Tracker {
     fn fallback(
         &self,
         pid: i32,
-        pidfd: &OwnedFd,
+        pidfd: &Pidfd,
     ) -> Result<(u64, Source, Option<Arc<str>>), ResolveError> {
         if self.pidfd_info {
-            match sys::pidfd_cgroup_id(pidfd.as_fd()) {
+            match pidfd.cgroup_id() {
                 Ok(Some(id)) => return Ok((id, Source::PidfdInfo, None)),
                 Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
                     return Err(ResolveError::Exited(pid));
@@ -513,7 +557,7 @@ impl Tracker {
                 Ok(None) | Err(_) => {}
             }
         }
-        let path = read_v2_path(pid)?;
+        let path = self.read_v2_path(pid)?;
         let id = self.id_of(&path).map_err(|source| match source {
             CgroupFsError::OutsideMount { .. } if path.starts_with("/..") => {
                 ResolveError::OutsideNamespace {
@@ -538,54 +582,142 @@ impl Tracker {
     /// unknown if the process's cgroup changed during the seed, and is withdrawn if the
     /// process exited meanwhile (so its number cannot inherit it).
     fn seed(&self) {
-        let Some(kernel) = &self.kernel else { return };
-        let Ok(dir) = std::fs::read_dir("/proc") else {
+        let Some(procs) = &self.procs else { return };
+        let Ok(pids) = self.host.pids() else {
             log::warn!(
                 "cannot list /proc: processes started before attestor are answered by the fallback"
             );
             return;
         };
         let (mut seeded, mut skipped) = (0usize, 0usize);
-        for entry in dir.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<i32>().ok())
-            else {
+        for pid in pids {
+            let Ok(pidfd) = self.host.pidfd_open(pid) else {
                 continue;
             };
-            let Ok(pidfd) = sys::pidfd_open(pid) else {
-                continue;
-            };
-            if check_process(pid).is_err() {
+            if self.check_process(pid).is_err() {
                 continue; // kernel threads, zombies: never attested
             }
-            let Ok(path) = read_v2_path(pid) else {
+            let Ok(path) = self.read_v2_path(pid) else {
                 continue;
             };
             let Ok(id) = self.id_of(&path) else {
                 continue;
             };
-            if !kernel.seed(pid as u32, id) {
-                skipped += 1; // the kernel already wrote one (or the map is full)
-                continue;
-            }
-            seeded += 1;
             let ours = ProcEntry {
                 cgroup_id: id,
                 origin: origin::SEED,
                 flags: 0,
             };
-            if read_v2_path(pid).ok().as_deref() != Some(path.as_str()) {
-                kernel.mark_unknown(pid as u32, id);
+            if !procs.insert_new(pid as u32, ours) {
+                skipped += 1; // the kernel already wrote one (or the map is full)
+                continue;
             }
-            if sys::pidfd_exited(pidfd.as_fd()).unwrap_or(true) {
-                kernel.remove_if(pid as u32, &ours);
+            seeded += 1;
+            if self.read_v2_path(pid).ok().as_deref() != Some(path.as_str()) {
+                // Moved during the seed: the id we stored may be stale. Flag it, or drop it
+                // if it is gone already (the kernel's exit program removed it).
+                let unknown = ProcEntry {
+                    flags: flags::UNKNOWN,
+                    ..ours
+                };
+                if !procs.replace(pid as u32, unknown) {
+                    procs.remove(pid as u32);
+                }
+            }
+            if pidfd.exited().unwrap_or(true) {
+                procs.remove_if(pid as u32, &ours);
             }
         }
         log::debug!(
             "seeded {seeded} processes from /proc ({skipped} already tracked by the kernel)"
         );
+    }
+
+    fn open_pidfd(&self, pid: i32) -> Result<Pidfd, ResolveError> {
+        self.host
+            .pidfd_open(pid)
+            .map_err(|source| match source.raw_os_error() {
+                Some(libc::ESRCH) => ResolveError::NoSuchProcess(pid),
+                // pidfd_open refuses non-leader threads with EINVAL (ENOENT on some kernels).
+                Some(libc::EINVAL) | Some(libc::ENOENT) => {
+                    if self.host.proc_exists(pid) {
+                        ResolveError::NotALeader(pid)
+                    } else {
+                        ResolveError::NoSuchProcess(pid)
+                    }
+                }
+                _ => ResolveError::Io {
+                    pid,
+                    op: "pidfd_open",
+                    source,
+                },
+            })
+    }
+
+    /// The process behind a pidfd has exited: still a zombie (nothing to attest), or already
+    /// reaped (it exited while we were resolving it).
+    fn exited_or_zombie(&self, pid: i32) -> ResolveError {
+        match self
+            .host
+            .read_proc(pid, ProcFile::Stat)
+            .ok()
+            .as_deref()
+            .and_then(procfs::parse_stat)
+        {
+            Some(info) if info.state == 'Z' || info.state == 'X' => ResolveError::Zombie(pid),
+            _ => ResolveError::Exited(pid),
+        }
+    }
+
+    /// Kernel threads and zombies are refused with their own errors.
+    fn check_process(&self, pid: i32) -> Result<(), ResolveError> {
+        let text =
+            self.host
+                .read_proc(pid, ProcFile::Stat)
+                .map_err(|source| match source.kind() {
+                    io::ErrorKind::NotFound => ResolveError::Exited(pid),
+                    _ => ResolveError::Io {
+                        pid,
+                        op: "read /proc/<pid>/stat",
+                        source,
+                    },
+                })?;
+        let info = procfs::parse_stat(&text).ok_or_else(|| ResolveError::Io {
+            pid,
+            op: "parse /proc/<pid>/stat",
+            source: io::Error::new(io::ErrorKind::InvalidData, "unexpected format"),
+        })?;
+        if info.kernel_thread {
+            return Err(ResolveError::KernelThread(pid));
+        }
+        if info.state == 'Z' || info.state == 'X' {
+            return Err(ResolveError::Zombie(pid));
+        }
+        Ok(())
+    }
+
+    /// `/proc/<pid>/cgroup` (kernel-generated: one short line per hierarchy).
+    fn read_cgroup_file(&self, pid: i32) -> Result<String, ResolveError> {
+        self.host
+            .read_proc(pid, ProcFile::Cgroup)
+            .map_err(|source| match source.kind() {
+                io::ErrorKind::NotFound => ResolveError::Exited(pid),
+                _ => ResolveError::Io {
+                    pid,
+                    op: "read /proc/<pid>/cgroup",
+                    source,
+                },
+            })
+    }
+
+    fn read_v2_path(&self, pid: i32) -> Result<String, ResolveError> {
+        let text = self.read_cgroup_file(pid)?;
+        procfs::v2_path(&text)
+            .map(str::to_string)
+            .ok_or_else(|| ResolveError::NoV2Line {
+                pid,
+                path: format!("/proc/{pid}/cgroup"),
+            })
     }
 }
 
@@ -598,19 +730,6 @@ fn pid_view() -> procfs::PidView {
     }
 }
 
-/// The process behind a pidfd has exited: still a zombie (nothing to attest), or already
-/// reaped (it exited while we were resolving it).
-fn exited_or_zombie(pid: i32) -> ResolveError {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .as_deref()
-        .and_then(procfs::parse_stat)
-    {
-        Some(info) if info.state == 'Z' || info.state == 'X' => ResolveError::Zombie(pid),
-        _ => ResolveError::Exited(pid),
-    }
-}
-
 fn origin_of(o: u32) -> EntryOrigin {
     match o {
         origin::FORK => EntryOrigin::Fork,
@@ -620,78 +739,12 @@ fn origin_of(o: u32) -> EntryOrigin {
     }
 }
 
-fn open_pidfd(pid: i32) -> Result<OwnedFd, ResolveError> {
-    sys::pidfd_open(pid).map_err(|source| match source.raw_os_error() {
-        Some(libc::ESRCH) => ResolveError::NoSuchProcess(pid),
-        // pidfd_open refuses non-leader threads with EINVAL (ENOENT on some kernels).
-        Some(libc::EINVAL) | Some(libc::ENOENT) => {
-            if std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                ResolveError::NotALeader(pid)
-            } else {
-                ResolveError::NoSuchProcess(pid)
-            }
-        }
-        _ => ResolveError::Io {
-            pid,
-            op: "pidfd_open",
-            source,
-        },
-    })
-}
-
-/// Kernel threads and zombies are refused with their own errors.
-fn check_process(pid: i32) -> Result<(), ResolveError> {
-    let path = format!("/proc/{pid}/stat");
-    let text = std::fs::read_to_string(&path).map_err(|source| match source.kind() {
-        io::ErrorKind::NotFound => ResolveError::Exited(pid),
-        _ => ResolveError::Io {
-            pid,
-            op: "read /proc/<pid>/stat",
-            source,
-        },
-    })?;
-    let info = procfs::parse_stat(&text).ok_or_else(|| ResolveError::Io {
-        pid,
-        op: "parse /proc/<pid>/stat",
-        source: io::Error::new(io::ErrorKind::InvalidData, "unexpected format"),
-    })?;
-    if info.kernel_thread {
-        return Err(ResolveError::KernelThread(pid));
-    }
-    if info.state == 'Z' || info.state == 'X' {
-        return Err(ResolveError::Zombie(pid));
-    }
-    Ok(())
-}
-
 fn checked_pid(pid: i64) -> Result<i32, ResolveError> {
     match pid {
         0 => Err(ResolveError::ZeroPid),
         p if p < 0 => Err(ResolveError::NegativePid(p)),
         p => i32::try_from(p).map_err(|_| ResolveError::PidOutOfRange(p)),
     }
-}
-
-/// `/proc/<pid>/cgroup` (kernel-generated: one short line per hierarchy).
-fn read_cgroup_file(pid: i32) -> Result<String, ResolveError> {
-    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|source| match source.kind() {
-        io::ErrorKind::NotFound => ResolveError::Exited(pid),
-        _ => ResolveError::Io {
-            pid,
-            op: "read /proc/<pid>/cgroup",
-            source,
-        },
-    })
-}
-
-fn read_v2_path(pid: i32) -> Result<String, ResolveError> {
-    let text = read_cgroup_file(pid)?;
-    procfs::v2_path(&text)
-        .map(str::to_string)
-        .ok_or_else(|| ResolveError::NoV2Line {
-            pid,
-            path: format!("/proc/{pid}/cgroup"),
-        })
 }
 
 /// Whether `PIDFD_GET_INFO` answers with a cgroup id on this kernel (6.13+).

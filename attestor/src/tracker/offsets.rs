@@ -45,16 +45,24 @@ pub struct TaskOffsets {
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
+/// Reads and indexes a BTF file with our reader (`btf.rs`).
+pub(crate) fn read_btf(path: &Path) -> Result<Btf, OffsetError> {
+    let blob = std::fs::read(path).map_err(|source| OffsetError::ReadBtf {
+        path: path.into(),
+        source,
+    })?;
+    Btf::parse(blob).map_err(|e| OffsetError::ParseBtf {
+        path: path.into(),
+        message: e.to_string(),
+    })
+}
+
 impl TaskOffsets {
     pub fn from_btf_file(path: &Path) -> Result<Self, OffsetError> {
-        let blob = std::fs::read(path).map_err(|source| OffsetError::ReadBtf {
-            path: path.into(),
-            source,
-        })?;
-        let btf = Btf::parse(blob).map_err(|e| OffsetError::ParseBtf {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
+        Self::from_btf(&read_btf(path)?)
+    }
+
+    pub(crate) fn from_btf(btf: &Btf) -> Result<Self, OffsetError> {
         let member =
             |ty: &'static str, member: &'static str, size: usize| -> Result<u32, OffsetError> {
                 let err = |message: String| OffsetError::Member {
