@@ -374,3 +374,233 @@ pub fn start_status(e: StartError) -> Status {
     };
     Status::new(code, e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    //! The pipeline's outcomes without root, eBPF or a kubelet: a scripted process world
+    //! (`tracker::fake`) and pod lists from a closure, polled by the real fetcher.
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::kubelet::FetchFn;
+    use crate::tracker::fake::{Event, Fake};
+
+    const UID: &str = "2c48913c-b29f-11e7-9350-020968147796";
+    const CID: &str = "9bca8d63d5fa610783847915bcff0ecac1273e5b4bed3f6fa1b07350e0135961";
+    const OTHER_UID: &str = "5f0c7e6a-0b1d-4c3e-9f2a-7d6b5c4a3b2c";
+    const OTHER_CID: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+
+    /// A kubelet-style (systemd driver, containerd) cgroup path of a container.
+    fn container_path(uid: &str, cid: &str) -> String {
+        format!(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{cid}.scope",
+            uid.replace('-', "_")
+        )
+    }
+
+    fn leak(s: String) -> &'static str {
+        Box::leak(s.into_boxed_str())
+    }
+
+    fn pod(uid: &str, name: &str, cid: &str) -> String {
+        format!(
+            r#"{{"metadata":{{"name":"{name}","namespace":"shop","uid":"{uid}","labels":{{"app":"{name}"}}}},
+            "spec":{{"serviceAccountName":"{name}-sa","nodeName":"node-1"}},
+            "status":{{"containerStatuses":[{{"name":"app","image":"img:{name}","imageID":"img@sha256:{name}","containerID":"containerd://{cid}"}}]}}}}"#
+        )
+    }
+
+    fn list(pods: &[String]) -> Bytes {
+        Bytes::from(format!(
+            r#"{{"kind":"PodList","items":[{}]}}"#,
+            pods.join(",")
+        ))
+    }
+
+    /// `max_poll_attempts = 3`, a 1 ms retry interval: give-ups happen at once.
+    fn config() -> Config {
+        Config::parse("max_poll_attempts = 3\npoll_retry_interval = \"1ms\"\n").unwrap()
+    }
+
+    type Fetch = FetchFn<Box<dyn Fn() -> std::future::Ready<Result<Bytes, String>> + Send + Sync>>;
+
+    /// A pipeline over `fake`'s world whose every kubelet request answers `answer()`.
+    fn pipeline(
+        fake: &Fake,
+        calls: &Arc<AtomicUsize>,
+        answer: impl Fn() -> Result<Bytes, String> + Send + Sync + 'static,
+    ) -> Attestor<Fetch> {
+        let calls = calls.clone();
+        let fetch: Fetch = FetchFn(Box::new(move || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(answer())
+        }));
+        Attestor::with_fetcher(config(), Arc::new(fake.tracker(true, false)), fetch)
+    }
+
+    fn never() -> std::future::Pending<()> {
+        std::future::pending()
+    }
+
+    #[tokio::test]
+    async fn a_workload_gets_its_pods_selectors() {
+        let fake = Fake::new();
+        fake.process(40, &container_path(UID, CID));
+        let body = list(&[pod(UID, "cart", CID), pod(OTHER_UID, "web", OTHER_CID)]);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let a = pipeline(&fake, &calls, {
+            let body = body.clone();
+            move || Ok(body.clone())
+        });
+        let got = a.attest(40, never()).await.unwrap();
+        assert!(got.contains(&"pod-name:cart".to_string()), "{got:?}");
+        assert!(
+            got.contains(&"container-image:img:cart".to_string()),
+            "{got:?}"
+        );
+        assert!(
+            !got.iter().any(|s| s.contains("web")),
+            "another pod's values: {got:?}"
+        );
+        // The same answer the replay gives for the same inputs.
+        let cgroup = format!("0::{}\n", container_path(UID, CID));
+        let replayed = replay(&cgroup, || Ok(body.to_vec()), &config()).unwrap();
+        assert_eq!(got, replayed);
+        // A second attestation of the same container on the same list is memoized.
+        assert_eq!(a.attest(40, never()).await.unwrap(), got);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "one kubelet request for both"
+        );
+    }
+
+    #[tokio::test]
+    async fn not_in_a_pod_is_success_with_no_selectors_and_no_kubelet_call() {
+        let fake = Fake::new();
+        fake.process(41, "/system.slice/sshd.service");
+        fake.kernel_thread(2);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let a = pipeline(&fake, &calls, || Err("unreachable".into()));
+        assert_eq!(a.attest(41, never()).await, Ok(Vec::new()));
+        assert_eq!(a.attest(2, never()).await, Ok(Vec::new()));
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn bad_pids_are_the_callers_error_and_gone_ones_not_found() {
+        let fake = Fake::new();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let a = pipeline(&fake, &calls, || Err("unreachable".into()));
+        for (pid, code) in [
+            (0, Code::InvalidArgument),
+            (-4, Code::InvalidArgument),
+            (i64::from(i32::MAX) + 1, Code::InvalidArgument),
+            (77, Code::NotFound),
+        ] {
+            let e = a.attest(pid, never()).await.unwrap_err();
+            assert_eq!(e.code, code, "pid {pid}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_container_never_listed_gives_spires_give_up_after_every_attempt() {
+        let fake = Fake::new();
+        fake.process(42, &container_path(UID, CID));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let a = pipeline(&fake, &calls, || {
+            Ok(list(&[pod(OTHER_UID, "web", OTHER_CID)]))
+        });
+        let e = a.attest(42, never()).await.unwrap_err();
+        assert!(e.is_gave_up(), "{e}");
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "max_poll_attempts lists");
+    }
+
+    #[tokio::test]
+    async fn kubelet_failures_and_bad_lists_at_the_last_attempt_are_unavailable() {
+        let fake = Fake::new();
+        fake.process(43, &container_path(UID, CID));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let down = pipeline(&fake, &calls, || Err("connection refused".into()));
+        let e = down.attest(43, never()).await.unwrap_err();
+        assert_eq!(e.code, Code::Unavailable, "{e}");
+        assert!(e.message.contains("connection refused"), "{e}");
+
+        let garbled = pipeline(&fake, &calls, || Ok(Bytes::from_static(b"{\"items\": [")));
+        let e = garbled.attest(43, never()).await.unwrap_err();
+        assert_eq!(e.code, Code::Unavailable, "{e}");
+        assert!(
+            e.message.starts_with("unable to parse kubelet response"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn one_container_in_two_pods_is_refused() {
+        let fake = Fake::new();
+        // No pod UID in the path: every pod is searched.
+        fake.process(44, leak(format!("/docker/{CID}")));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let a = pipeline(&fake, &calls, || {
+            Ok(list(&[pod(UID, "cart", CID), pod(OTHER_UID, "web", CID)]))
+        });
+        let e = a.attest(44, never()).await.unwrap_err();
+        assert_eq!(e.code, Code::Internal, "{e}");
+        assert_eq!(e.message, "two pods found with same container Id");
+    }
+
+    #[tokio::test]
+    async fn a_workload_that_exits_during_the_kubelet_round_trip_gets_nothing() {
+        let fake = Fake::new();
+        fake.process(45, &container_path(UID, CID));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let world = fake.clone();
+        let a = pipeline(&fake, &calls, move || {
+            // While the kubelet answers, the workload exits and its number goes to a process
+            // of another pod, which is listed too.
+            world.now(Event::Reuse(45, leak(container_path(OTHER_UID, OTHER_CID))));
+            Ok(list(&[
+                pod(UID, "cart", CID),
+                pod(OTHER_UID, "web", OTHER_CID),
+            ]))
+        });
+        let e = a.attest(45, never()).await.unwrap_err();
+        assert_eq!(e.code, Code::NotFound, "{e}");
+        assert!(e.message.contains("exited during attestation"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_attestation_says_so() {
+        let fake = Fake::new();
+        fake.process(46, &container_path(UID, CID));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let a = pipeline(&fake, &calls, || Ok(list(&[])));
+        let e = a.attest(46, std::future::ready(())).await.unwrap_err();
+        assert_eq!(e.code, Code::Cancelled, "{e}");
+    }
+
+    #[tokio::test]
+    async fn explain_sees_every_step() {
+        let fake = Fake::new();
+        fake.process(47, &container_path(UID, CID));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let a = pipeline(&fake, &calls, || Ok(list(&[pod(UID, "cart", CID)])));
+        let (result, trace) = a.attest_traced(47, never()).await;
+        assert!(result.is_ok());
+        let r = trace.resolution.expect("resolved");
+        assert_eq!(&*r.cgroup_path, container_path(UID, CID));
+        let c = trace.container.expect("located");
+        assert_eq!(
+            (c.pod_uid.as_deref(), c.container_id.as_str()),
+            (Some(UID), CID)
+        );
+        assert_eq!((trace.lists_searched, trace.kubelet_requests), (1, 1));
+        assert!(
+            trace.memberships.is_none(),
+            "the v2 path named the container"
+        );
+    }
+}

@@ -20,7 +20,8 @@
 
 mod btf;
 #[cfg(test)]
-mod fake;
+// The scripted process world, also for `attest`'s unit tests.
+pub(crate) mod fake;
 mod host;
 mod kernel;
 pub mod offsets;
