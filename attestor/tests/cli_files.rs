@@ -18,8 +18,12 @@ const CGROUP_CAP: u64 = 256 << 10;
 const POD_LIST_CAP: u64 = 64 << 20;
 const PLUGIN_DATA_CAP: u64 = 1 << 20;
 
-/// A cgroup v2 line naming a container, so that the pod list is read.
-const CGROUP: &str = "0::/kubepods/besteffort/pod2c48913c-b29f-11e7-9350-020968147796/9bca8d63d5fa610783847915bcff0ecac1273e5b4bed3f6fa1b07350e0135961\n";
+/// A cgroup file that names a container, so the pod list is read: SPIRE's own fixture, read
+/// from `../shared` where it lives.
+const CGROUP: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/conformance/spire-testdata/cgroups_pid_in_pod.txt"
+);
 
 /// Runs the binary with `stdin`, killing it if it has not exited within [`DEADLINE`].
 fn run_with(args: &[&str], stdin: Stdio) -> Output {
@@ -130,7 +134,7 @@ fn cgroup_file_is_bounded() {
 #[test]
 fn pods_file_is_bounded_by_the_kubelet_body_cap() {
     let dir = scratch("pods");
-    let cgroup = write(&dir, "cgroup", CGROUP);
+    let cgroup = PathBuf::from(CGROUP);
     for (bad, problem) in bad_inputs(&dir, POD_LIST_CAP, "a pod list") {
         let o = run(&[
             "attest",
@@ -152,7 +156,7 @@ fn pods_file_is_bounded_by_the_kubelet_body_cap() {
 #[test]
 fn config_is_bounded() {
     let dir = scratch("config");
-    let cgroup = write(&dir, "cgroup", CGROUP);
+    let cgroup = PathBuf::from(CGROUP);
     let pods = write(&dir, "pods.json", "{\"items\":[]}");
     for (bad, problem) in bad_inputs(&dir, PLUGIN_DATA_CAP, "a plugin_data file") {
         let o = run(&[
@@ -204,7 +208,7 @@ fn stdin_is_bounded_too() {
     );
 
     let dir = scratch("stdin");
-    let cgroup = write(&dir, "cgroup", CGROUP);
+    let cgroup = PathBuf::from(CGROUP);
     let o = run_with(
         &["attest", "--cgroup-file", s(&cgroup), "--pods-file", "-"],
         zero(),
