@@ -672,17 +672,7 @@ impl Tracker {
 
     /// Kernel threads and zombies are refused with their own errors.
     fn check_process(&self, pid: i32) -> Result<(), ResolveError> {
-        let text =
-            self.host
-                .read_proc(pid, ProcFile::Stat)
-                .map_err(|source| match source.kind() {
-                    io::ErrorKind::NotFound => ResolveError::Exited(pid),
-                    _ => ResolveError::Io {
-                        pid,
-                        op: "read /proc/<pid>/stat",
-                        source,
-                    },
-                })?;
+        let text = self.read_proc(pid, ProcFile::Stat, "read /proc/<pid>/stat")?;
         let info = procfs::parse_stat(&text).ok_or_else(|| ResolveError::Io {
             pid,
             op: "parse /proc/<pid>/stat",
@@ -699,15 +689,21 @@ impl Tracker {
 
     /// `/proc/<pid>/cgroup` (kernel-generated: one short line per hierarchy).
     fn read_cgroup_file(&self, pid: i32) -> Result<String, ResolveError> {
+        self.read_proc(pid, ProcFile::Cgroup, "read /proc/<pid>/cgroup")
+    }
+
+    /// A `/proc/<pid>` file; gone means the process exited (its directory went with it).
+    fn read_proc(
+        &self,
+        pid: i32,
+        file: ProcFile,
+        op: &'static str,
+    ) -> Result<String, ResolveError> {
         self.host
-            .read_proc(pid, ProcFile::Cgroup)
+            .read_proc(pid, file)
             .map_err(|source| match source.kind() {
                 io::ErrorKind::NotFound => ResolveError::Exited(pid),
-                _ => ResolveError::Io {
-                    pid,
-                    op: "read /proc/<pid>/cgroup",
-                    source,
-                },
+                _ => ResolveError::Io { pid, op, source },
             })
     }
 
