@@ -52,10 +52,29 @@ fn compile_protos(manifest: &Path) {
     }
 }
 
+/// The container runtime's CRI (`runtime.v1`, Kubernetes' own `api.proto`, vendored in
+/// `proto/cri-api/`): a client only (see `src/runtime/client.rs`).
+fn compile_cri(manifest: &Path) {
+    let dir = manifest.join("proto/cri-api");
+    let file = dir.join("runtime/v1/api.proto");
+    println!("cargo:rerun-if-changed={}", file.display());
+    if let Err(e) = tonic_prost_build::configure()
+        .build_server(false)
+        .build_client(true)
+        .compile_protos(&[file], &[dir])
+    {
+        panic!(
+            "\n\ncannot generate the CRI client from attestor/proto/cri-api: {e}\n\
+             protoc (Debian: protobuf-compiler) is needed: run `cargo xtask setup`, or set PROTOC.\n"
+        );
+    }
+}
+
 fn main() {
     let manifest =
         PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     compile_protos(&manifest);
+    compile_cri(&manifest);
     let workspace = manifest
         .parent()
         .expect("attestor/ lives inside the workspace")

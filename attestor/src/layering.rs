@@ -20,6 +20,7 @@ const ORDER: &[&str] = &[
     "locator",
     "kubelet",
     "pods",
+    "runtime",
     "selectors",
     "attest",
     "cli",
@@ -130,7 +131,14 @@ fn readme_map_names_every_module() {
         .collect();
     assert!(missing.is_empty(), "README's module map lacks {missing:?}");
     // The data path is drawn in order.
-    let path = ["tracker", "locator", "kubelet", "pods", "selectors"];
+    let path = [
+        "tracker",
+        "locator",
+        "kubelet",
+        "pods",
+        "runtime",
+        "selectors",
+    ];
     let at: Vec<usize> = path.iter().map(|m| section.find(m).unwrap()).collect();
     assert!(
         at.windows(2).all(|w| w[0] < w[1]),

@@ -6,6 +6,8 @@
 //! ```text
 //! pid ──tracker──▶ cgroup id + path ──locator──▶ pod UID + container ID
 //!     ──kubelet──▶ /pods body ──pods──▶ pod ──selectors──▶ k8s:… values
+//!                                        ╰──runtime──▶ the statuses the kubelet would
+//!                                           publish (CRI), when `/pods` lacks the container
 //! ```
 //!
 //! [`attest`] composes the steps: [`attest::Attestor`] is one configured pipeline,
@@ -35,6 +37,7 @@ pub mod attest;
 pub mod kubelet;
 pub mod locator;
 pub mod pods;
+pub mod runtime;
 pub mod selectors;
 pub mod tracker;
 

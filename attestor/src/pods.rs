@@ -146,6 +146,12 @@ pub struct Found {
 }
 
 impl Found {
+    /// A pod with the status entry (list, index) of the workload's container, if any: the
+    /// runtime fast path builds one from the statuses the kubelet would publish.
+    pub(crate) fn new(pod: Pod, matched: Option<(StatusList, usize)>) -> Found {
+        Found { pod, matched }
+    }
+
     /// The workload container's status entry, if the search matched one.
     pub fn workload(&self) -> Option<&ContainerStatus> {
         let (list, index) = self.matched?;
@@ -179,9 +185,29 @@ pub fn find(
     Ok(found)
 }
 
+/// The pods of one list whose `metadata.uid` is `uid`, decoded in full: normally none or
+/// one (the runtime fast path looks the CRI's pod up by it; two is a list it refuses).
+/// Same refusals as [`find`] for a body that is not a pod list.
+pub fn pods_with_uid(body: &[u8], uid: &str) -> Result<Vec<Pod>, PodsError> {
+    // A container ID with a '/' never equals a URL host, so only the UID selects pods.
+    let target = ContainerRef {
+        pod_uid: Some(uid.to_string()),
+        container_id: "/".to_string(),
+    };
+    let by_uid = SearchOptions::new(true);
+    let candidates =
+        find_candidates(body, &target, &by_uid).map_err(|e| PodsError::refused_list(body, e))?;
+    candidates
+        .into_iter()
+        .map(|c| {
+            serde_json::from_slice(&body[c.range]).map_err(|e| PodsError::InvalidPod(e.to_string()))
+        })
+        .collect()
+}
+
 /// Which status list an entry came from, in search order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum StatusList {
+pub enum StatusList {
     Containers,
     InitContainers,
     EphemeralContainers,
@@ -367,9 +393,33 @@ pub struct OwnerReference {
 pub struct PodSpec {
     pub service_account_name: Option<String>,
     pub node_name: Option<String>,
+    /// The spec's containers: the runtime fast path needs their names and images (a
+    /// container the runtime has not created yet is published with the spec's image).
+    pub containers: Option<Vec<Container>>,
+    pub init_containers: Option<Vec<Container>>,
+    pub ephemeral_containers: Option<Vec<Container>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+impl PodSpec {
+    pub(crate) fn list(&self, which: StatusList) -> &[Container] {
+        let list = match which {
+            StatusList::Containers => &self.containers,
+            StatusList::InitContainers => &self.init_containers,
+            StatusList::EphemeralContainers => &self.ephemeral_containers,
+        };
+        list.as_deref().unwrap_or_default()
+    }
+}
+
+/// A container of the pod spec, reduced to what the published status copies from it.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default)]
+pub struct Container {
+    pub name: Option<String>,
+    pub image: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct PodStatus {
     pub container_statuses: Option<Vec<ContainerStatus>>,
@@ -388,7 +438,7 @@ impl PodStatus {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct ContainerStatus {
     pub name: Option<String>,
@@ -397,6 +447,16 @@ pub struct ContainerStatus {
     pub image_id: Option<String>,
     #[serde(rename = "containerID")]
     pub container_id: Option<String>,
+    /// Only whether it is `terminated` matters (the kubelet keeps such a status when the
+    /// runtime no longer has the container); the rest is skipped.
+    pub state: Option<ContainerState>,
+}
+
+/// A status's `state`, reduced to which of its members is set.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default)]
+pub struct ContainerState {
+    pub terminated: Option<serde::de::IgnoredAny>,
 }
 
 #[cfg(test)]

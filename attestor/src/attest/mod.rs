@@ -22,11 +22,20 @@
 //! * container never in the list ⇒ `DeadlineExceeded` "no selectors found after max poll
 //!   attempts"; kubelet failing at the last attempt ⇒ `Unavailable` with its error;
 //! * PID 0 / negative ⇒ `InvalidArgument`; no such process, exited, zombie ⇒ `NotFound`.
+//!
+//! Beyond SPIRE, with `container_runtime_endpoint` set: a list that does not hold the
+//! container (its status is not published yet) also starts a question to the container
+//! runtime, racing SPIRE's polling. The runtime's state, checked against the cgroup and
+//! the pod list, gives the selectors SPIRE would give once the kubelet publishes that state
+//! ([`crate::runtime`]); any failed check or runtime trouble leaves SPIRE's polling to
+//! answer, exactly as without the key. Whichever answers first wins; both give one answer.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 use crate::config::{Config, KubeletAuth, KubeletPort};
 use crate::kubelet::{
@@ -35,6 +44,7 @@ use crate::kubelet::{
 };
 use crate::locator::{self, ContainerRef};
 use crate::pods::SearchOptions;
+use crate::runtime::{self, RuntimeClient};
 use crate::selectors;
 use crate::status::{Code, Status};
 use crate::tracker::{Memberships, Resolution, ResolveError, StartError, Tracker, TrackerOptions};
@@ -96,6 +106,8 @@ pub struct Attestor<F: FetchPods = KubeletClient> {
     config: Config,
     tracker: Arc<Tracker>,
     fetcher: PodListFetcher<F>,
+    /// The CRI fast path (`container_runtime_endpoint`), if configured.
+    runtime: Option<RuntimeClient>,
     memo: Mutex<Memo>,
 }
 
@@ -107,6 +119,8 @@ pub struct Attestor<F: FetchPods = KubeletClient> {
 struct Memo {
     version: u64,
     results: HashMap<ContainerRef, Option<Vec<String>>>,
+    /// Fast-path answers for containers this version does not list (from the runtime).
+    fast: HashMap<ContainerRef, Vec<String>>,
 }
 
 const MEMO_CAP: usize = 4096;
@@ -134,7 +148,43 @@ pub struct Trace {
     pub list_version: Option<u64>,
     pub kubelet_requests: u64,
     pub kubelet_elapsed: Option<Duration>,
+    /// Where the container's status came from, when the attestation found it.
+    pub source: Option<Source>,
+    /// What the runtime fast path did (`None`: not configured, or never needed).
+    pub runtime: Option<RuntimeTrace>,
     pub total: Duration,
+}
+
+/// Where the workload's container status came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The kubelet's `/pods` listed it (SPIRE's path).
+    KubeletStatus,
+    /// The container runtime (CRI), before the kubelet published it.
+    Runtime,
+}
+
+impl Source {
+    /// As `explain` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::KubeletStatus => "kubelet status",
+            Source::Runtime => "runtime (CRI)",
+        }
+    }
+}
+
+/// The runtime fast path during one attestation.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeTrace {
+    /// `unix://<socket>`.
+    pub endpoint: String,
+    /// Runtime questions asked (one per pod list that lacked the container, at most).
+    pub attempts: u32,
+    /// Why the last attempt gave no answer (a runtime error or a failed cross-check).
+    pub fallback: Option<String>,
+    /// Time spent in runtime questions.
+    pub elapsed: Duration,
 }
 
 impl Attestor {
@@ -159,7 +209,8 @@ impl Attestor {
     ) -> Result<Self, Status> {
         let client = KubeletClient::new(settings)
             .map_err(|e| Status::new(Code::InvalidArgument, e.to_string()))?;
-        Ok(Attestor::with_fetcher(config, tracker, client))
+        let runtime = config.container_runtime_endpoint().map(RuntimeClient::new);
+        Ok(Attestor::with_fetcher(config, tracker, client).with_runtime(runtime))
     }
 
     /// The kubelet URL this attestor polls.
@@ -177,8 +228,21 @@ impl<F: FetchPods> Attestor<F> {
             config,
             tracker,
             fetcher,
+            runtime: None,
             memo: Mutex::new(Memo::default()),
         }
+    }
+
+    /// Uses `runtime` for containers the kubelet's status does not list yet (`None`: SPIRE's
+    /// behaviour). [`Attestor::new`] makes one from `container_runtime_endpoint`.
+    pub fn with_runtime(mut self, runtime: Option<RuntimeClient>) -> Self {
+        self.runtime = runtime;
+        self
+    }
+
+    /// The runtime client of the fast path, if configured.
+    pub fn runtime(&self) -> Option<&RuntimeClient> {
+        self.runtime.as_ref()
     }
 
     pub fn config(&self) -> &Config {
@@ -268,43 +332,61 @@ impl<F: FetchPods> Attestor<F> {
         // `Unavailable` if that was the final attempt.
         let mut last_parse_error: Option<String> = None;
         let max_attempts = u32::try_from(self.config.max_poll_attempts()).unwrap_or(u32::MAX);
-        let polled = self
-            .fetcher
-            .poll(
-                max_attempts,
-                |list| {
-                    lists += 1;
-                    version = Some(list.version());
-                    if let Some(known) = self.memoized(list.version(), &container) {
+        // Lists that do not hold the container go to the runtime fast path (if configured).
+        let (missed_tx, missed_rx) = watch::channel(None);
+        let polled = self.fetcher.poll(
+            max_attempts,
+            |list| {
+                lists += 1;
+                version = Some(list.version());
+                if let Some(known) = self.memoized(list.version(), &container) {
+                    last_parse_error = None;
+                    if known.is_none() {
+                        missed_tx.send_replace(Some(list.clone()));
+                    }
+                    return Ok(known);
+                }
+                match selectors::search(list.body(), &container, &opts) {
+                    Ok(found) => {
                         last_parse_error = None;
-                        return Ok(known);
-                    }
-                    match selectors::search(list.body(), &container, &opts) {
-                        Ok(found) => {
-                            last_parse_error = None;
-                            self.memoize(list.version(), &container, &found);
-                            Ok(found)
+                        self.memoize(list.version(), &container, &found);
+                        if found.is_none() {
+                            missed_tx.send_replace(Some(list.clone()));
                         }
-                        Err(e) if e.is_retryable() => {
-                            last_parse_error = Some(e.to_string());
-                            Ok(None)
-                        }
-                        Err(e) => Err(e.into()),
+                        Ok(found)
                     }
-                },
-                cancel,
-            )
-            .await;
+                    Err(e) if e.is_retryable() => {
+                        last_parse_error = Some(e.to_string());
+                        Ok(None)
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            },
+            cancel,
+        );
+        let mut runtime_trace = self.runtime.as_ref().map(|r| RuntimeTrace {
+            endpoint: r.endpoint().to_string(),
+            ..RuntimeTrace::default()
+        });
+        let fast = self.fast_path(&container, missed_rx, &opts, runtime_trace.as_mut());
+        let polled = tokio::select! {
+            // SPIRE's answer wins a tie: it is the reference.
+            biased;
+            polled = polled => polled.map(|s| (s, Source::KubeletStatus)),
+            Some(selectors) = fast => Ok((selectors, Source::Runtime)),
+        };
+        trace.runtime = runtime_trace.filter(|t| t.attempts > 0 || t.fallback.is_some());
         trace.lists_searched = lists;
         trace.list_version = version;
         trace.kubelet_requests = self.fetcher.requests_started() - requests_before;
         trace.kubelet_elapsed = Some(kubelet_started.elapsed());
-        let selectors = match (polled, last_parse_error) {
+        let (selectors, source) = match (polled, last_parse_error) {
             (Err(s), Some(parse)) if s.is_gave_up() => {
                 return Err(Status::new(Code::Unavailable, parse));
             }
             (result, _) => result?,
         };
+        trace.source = Some(source);
         // The identity is handed out only if the resolved process is still the one alive
         // (both answers, if there are two, were read under the same pidfd).
         let alive = match (&trace.memberships, &resolution) {
@@ -325,6 +407,94 @@ impl<F: FetchPods> Attestor<F> {
 }
 
 impl<F: FetchPods> Attestor<F> {
+    /// The runtime fast path: for each pod list the poll loop found without the container
+    /// (sent on `missed`), ask the runtime once and answer if every cross-check passes.
+    /// Returns `None` only when the poll loop is over (then its answer counts); a runtime
+    /// that fails or disagrees just waits for the next list.
+    async fn fast_path(
+        &self,
+        container: &ContainerRef,
+        mut missed: watch::Receiver<Option<crate::kubelet::PodList>>,
+        opts: &SearchOptions,
+        mut trace: Option<&mut RuntimeTrace>,
+    ) -> Option<Vec<String>> {
+        let runtime = self.runtime.as_ref()?;
+        loop {
+            missed.changed().await.ok()?;
+            let Some(list) = missed.borrow_and_update().clone() else {
+                continue;
+            };
+            if let Some(known) = self.memoized_fast(list.version(), container) {
+                return Some(known);
+            }
+            let started = Instant::now();
+            let answer = match runtime.snapshot(&container.container_id).await {
+                Ok(snapshot) => runtime::published(
+                    list.body(),
+                    container,
+                    &snapshot,
+                    !opts.disable_container_selectors,
+                )
+                .map_err(|refusal| {
+                    if matches!(
+                        refusal,
+                        runtime::Refusal::PodUidDiffers { .. }
+                            | runtime::Refusal::PodDiffers { .. }
+                            | runtime::Refusal::OtherContainer { .. }
+                    ) {
+                        // The runtime contradicts the cgroup or the kubelet: worth a look.
+                        log::warn!(
+                            container_id = container.container_id.as_str(), reason:% = refusal;
+                            "container runtime's answer not used"
+                        );
+                    }
+                    refusal.to_string()
+                }),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Some(t) = trace.as_deref_mut() {
+                t.attempts += 1;
+                t.elapsed += started.elapsed();
+            }
+            match answer {
+                Ok(found) => {
+                    let selectors = selectors::build(&found.pod, found.workload());
+                    self.memoize_fast(list.version(), container, &selectors);
+                    if let Some(t) = trace.as_deref_mut() {
+                        t.fallback = None;
+                    }
+                    return Some(selectors);
+                }
+                Err(why) => {
+                    log::debug!(container_id = container.container_id.as_str(), reason = why.as_str(); "no fast answer from the container runtime");
+                    if let Some(t) = trace.as_deref_mut() {
+                        t.fallback = Some(why);
+                    }
+                }
+            }
+        }
+    }
+
+    fn memoized_fast(&self, version: u64, container: &ContainerRef) -> Option<Vec<String>> {
+        let memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
+        if memo.version != version {
+            return None;
+        }
+        memo.fast.get(container).cloned()
+    }
+
+    fn memoize_fast(&self, version: u64, container: &ContainerRef, selectors: &[String]) {
+        let mut memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
+        if version > memo.version {
+            memo.version = version;
+            memo.results.clear();
+            memo.fast.clear();
+        }
+        if version == memo.version && memo.fast.len() < MEMO_CAP {
+            memo.fast.insert(container.clone(), selectors.to_vec());
+        }
+    }
+
     fn memoized(&self, version: u64, container: &ContainerRef) -> Option<Option<Vec<String>>> {
         let memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
         if memo.version != version {
@@ -338,6 +508,7 @@ impl<F: FetchPods> Attestor<F> {
         if version > memo.version {
             memo.version = version;
             memo.results.clear();
+            memo.fast.clear();
         }
         if version == memo.version && memo.results.len() < MEMO_CAP {
             memo.results.insert(container.clone(), found.clone());

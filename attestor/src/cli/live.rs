@@ -144,6 +144,27 @@ fn print_text(attestor: &Attestor, t: &Trace, result: &Result<Vec<String>, Statu
             elapsed
         );
     }
+    match (attestor.runtime(), &t.runtime) {
+        (None, _) => {}
+        (Some(r), None) => println!(
+            "  runtime        {} (not asked: the kubelet's status was enough)",
+            r.endpoint()
+        ),
+        (Some(_), Some(rt)) => {
+            println!(
+                "  runtime        {}: {} question(s), {:?}",
+                rt.endpoint, rt.attempts, rt.elapsed
+            );
+            if let Some(why) = &rt.fallback {
+                println!(
+                    "  no fast answer {why}; falling back to the kubelet's status (SPIRE's polling)"
+                );
+            }
+        }
+    }
+    if let Some(source) = t.source {
+        println!("  source         {}", source.as_str());
+    }
     match result {
         Ok(selectors) => {
             let pick = |prefix: &str| {
@@ -208,6 +229,16 @@ fn json(attestor: &Attestor, t: &Trace, result: &Result<Vec<String>, Status>) ->
             "requests": t.kubelet_requests,
             "elapsed_us": e.as_micros() as u64,
         })),
+        "runtime": attestor.runtime().map(|r| serde_json::json!({
+            "endpoint": r.endpoint(),
+            "attempts": t.runtime.as_ref().map_or(0, |rt| rt.attempts),
+            "elapsed_us": t.runtime.as_ref().map_or(0, |rt| rt.elapsed.as_micros() as u64),
+            "fallback": t.runtime.as_ref().and_then(|rt| rt.fallback.as_deref()),
+        })),
+        "source": t.source.map(|s| match s {
+            attest::Source::KubeletStatus => "kubelet",
+            attest::Source::Runtime => "runtime",
+        }),
         "total_us": t.total.as_micros() as u64,
         "outcome": outcome,
     })

@@ -176,6 +176,7 @@ pub struct Config {
     api_server_cache: bool,
     tracker: TrackerMode,
     tracker_max_processes: u32,
+    container_runtime_endpoint: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -198,6 +199,7 @@ impl Default for Config {
             api_server_cache: false,
             tracker: TrackerMode::Auto,
             tracker_max_processes: DEFAULT_TRACKER_MAX_PROCESSES,
+            container_runtime_endpoint: None,
         }
     }
 }
@@ -329,6 +331,61 @@ impl Config {
     pub fn tracker_max_processes(&self) -> u32 {
         self.tracker_max_processes
     }
+
+    /// Ours: the CRI socket to ask when the kubelet's status does not list a container yet
+    /// (`container_runtime_endpoint`, the kubelet's flag); `None`: SPIRE's behaviour.
+    pub fn container_runtime_endpoint(&self) -> Option<&Path> {
+        self.container_runtime_endpoint.as_deref()
+    }
+}
+
+/// `container_runtime_endpoint` → the socket path, as the kubelet reads its own
+/// `--container-runtime-endpoint` (k8s.io/cri-client `pkg/util/util_unix.go`,
+/// `parseEndpointWithFallbackProtocol`): `unix:///abs/path`, or a bare absolute path (the
+/// kubelet still accepts it, with a deprecation note). Stricter than the kubelet where its
+/// reading surprises: `unix://run/x.sock` (Go takes `run` as a host and dials `/x.sock`)
+/// and relative paths are refused, as is every scheme but `unix` (the kubelet refuses
+/// those too: "only support unix socket endpoint").
+pub fn parse_runtime_endpoint(text: &str) -> Result<PathBuf, String> {
+    let path = match text.split_once("://") {
+        Some(("unix", rest)) => {
+            if !rest.starts_with('/') {
+                return Err(format!(
+                    "must be unix:///<absolute path> (three slashes), got {}",
+                    go_quote(text)
+                ));
+            }
+            rest
+        }
+        Some((scheme, _)) => {
+            return Err(format!(
+                "must be a unix socket (unix:///run/containerd/containerd.sock), got the {} scheme in {}",
+                go_quote(scheme),
+                go_quote(text)
+            ));
+        }
+        None if text.starts_with('/') => text,
+        None => {
+            return Err(format!(
+                "must be unix:///<absolute path> or an absolute path, got {}",
+                go_quote(text)
+            ));
+        }
+    };
+    if path.contains(['?', '#']) || path.chars().any(char::is_control) {
+        return Err(format!(
+            "must be a plain socket path without query, fragment or control characters, got {}",
+            go_quote(text)
+        ));
+    }
+    // sockaddr_un's sun_path holds 107 bytes and a NUL.
+    if path.len() > 107 {
+        return Err(format!(
+            "names a socket path of {} bytes; unix sockets allow at most 107",
+            path.len()
+        ));
+    }
+    Ok(PathBuf::from(path))
 }
 
 // --- Stage 2a: raw keys → typed options ---------------------------------------------------
@@ -359,6 +416,7 @@ struct Raw {
     api_server_cache: Option<bool>,
     tracker: Option<String>,
     tracker_max_processes: Option<i64>,
+    container_runtime_endpoint: Option<String>,
     unknown: Vec<String>,
 }
 
@@ -405,6 +463,9 @@ impl Raw {
                 }
                 "tracker" => raw.tracker = string(key, value)?,
                 "tracker_max_processes" => raw.tracker_max_processes = int(key, value)?,
+                "container_runtime_endpoint" => {
+                    raw.container_runtime_endpoint = string(key, value)?
+                }
                 _ => raw.unknown.push(key.clone()),
             }
         }
@@ -554,6 +615,16 @@ impl Raw {
                         TRACKER_MAX_PROCESSES_RANGE.start(),
                         TRACKER_MAX_PROCESSES_RANGE.end()
                     ),
+                }),
+            }
+        }
+
+        if let Some(text) = self.container_runtime_endpoint.filter(|s| !s.is_empty()) {
+            match parse_runtime_endpoint(&text) {
+                Ok(path) => config.container_runtime_endpoint = Some(path),
+                Err(reason) => errors.push(ConfigError::InvalidValue {
+                    key: "container_runtime_endpoint",
+                    reason,
                 }),
             }
         }

@@ -388,6 +388,64 @@ fn tracker_keys() {
 }
 
 #[test]
+fn container_runtime_endpoint() {
+    // Unset (or empty): SPIRE's behaviour, no runtime is asked.
+    assert_eq!(ok("").container_runtime_endpoint(), None);
+    assert_eq!(
+        ok("container_runtime_endpoint = \"\"").container_runtime_endpoint(),
+        None
+    );
+    // The kubelet's URL form, and the bare path the kubelet still accepts.
+    for (text, path) in [
+        (
+            "unix:///run/containerd/containerd.sock",
+            "/run/containerd/containerd.sock",
+        ),
+        ("/var/run/crio/crio.sock", "/var/run/crio/crio.sock"),
+    ] {
+        let c = ok(&format!("container_runtime_endpoint = \"{text}\""));
+        assert_eq!(
+            c.container_runtime_endpoint(),
+            Some(Path::new(path)),
+            "{text}"
+        );
+    }
+    for (text, reason) in [
+        (
+            "unix://run/containerd/containerd.sock",
+            "must be unix:///<absolute path> (three slashes), got \"unix://run/containerd/containerd.sock\"",
+        ),
+        (
+            "tcp://127.0.0.1:1234",
+            "must be a unix socket (unix:///run/containerd/containerd.sock), got the \"tcp\" scheme in \"tcp://127.0.0.1:1234\"",
+        ),
+        (
+            "run/containerd/containerd.sock",
+            "must be unix:///<absolute path> or an absolute path, got \"run/containerd/containerd.sock\"",
+        ),
+        (
+            "unix:///run/x.sock?timeout=1s",
+            "must be a plain socket path without query, fragment or control characters, got \"unix:///run/x.sock?timeout=1s\"",
+        ),
+    ] {
+        assert_eq!(
+            first_error(&format!("container_runtime_endpoint = \"{text}\"")),
+            format!("container_runtime_endpoint {reason}"),
+            "{text}"
+        );
+    }
+    let long = format!("/{}", "a".repeat(120));
+    assert_eq!(
+        first_error(&format!("container_runtime_endpoint = \"{long}\"")),
+        "container_runtime_endpoint names a socket path of 121 bytes; unix sockets allow at most 107"
+    );
+    assert_eq!(
+        first_error("container_runtime_endpoint = [1]"),
+        "unable to decode configuration: container_runtime_endpoint: expected a string, got list"
+    );
+}
+
+#[test]
 fn type_errors_name_the_key() {
     assert_eq!(
         first_error("kubelet_secure_port = \"abc\""),

@@ -198,10 +198,7 @@ pub struct Pod {
     previous: HashMap<String, Previous>,
 }
 
-const LABEL_POD_NAME: &str = "io.kubernetes.pod.name";
-const LABEL_POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
-const LABEL_POD_UID: &str = "io.kubernetes.pod.uid";
-const LABEL_CONTAINER_NAME: &str = "io.kubernetes.container.name";
+use attestor::runtime::{LABEL_CONTAINER_NAME, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID};
 
 fn ns_option(pid: api::NamespaceMode, target: &str) -> api::NamespaceOption {
     api::NamespaceOption {
@@ -209,6 +206,7 @@ fn ns_option(pid: api::NamespaceMode, target: &str) -> api::NamespaceOption {
         pid: pid as i32,
         ipc: api::NamespaceMode::Pod as i32,
         target_id: target.to_owned(),
+        ..Default::default()
     }
 }
 
@@ -279,7 +277,9 @@ impl Pod {
                     ..Default::default()
                 }),
                 sysctls: HashMap::new(),
+                ..Default::default()
             }),
+            ..Default::default()
         };
         // Recorded before the call: a failed RunPodSandbox may still leave the cgroup.
         cd.track_cgroup_parent(&cgroup_parent);
@@ -432,6 +432,9 @@ impl Pod {
             image: Some(api::ImageSpec {
                 image: image.id.clone(),
                 annotations: HashMap::new(),
+                // What the kubelet sends since 1.30 (`ImageSpec.user_specified_image`).
+                user_specified_image: spec.image.clone(),
+                ..Default::default()
             }),
             command: spec.command.clone(),
             args: Vec::new(),
@@ -459,12 +462,15 @@ impl Pod {
                     cpu_shares: 2,
                     memory_limit_in_bytes: 0,
                     oom_score_adj: self.spec.qos.oom_score_adj(),
+                    ..Default::default()
                 }),
                 security_context: Some(api::LinuxContainerSecurityContext {
                     namespace_options: Some(ns_option(pid_mode, &target_id)),
                     ..Default::default()
                 }),
+                ..Default::default()
             }),
+            ..Default::default()
         };
         let id = cd
             .cri()
