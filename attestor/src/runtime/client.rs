@@ -312,3 +312,122 @@ fn transport_detail(s: &tonic::Status) -> String {
     }
     detail
 }
+
+#[cfg(test)]
+mod tests {
+    //! The client against sockets that are not a runtime; a real containerd and fake
+    //! gRPC runtimes are in `tests/tests/cri_fast_path.rs`.
+
+    use super::*;
+
+    fn temp_socket(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("attestor-cri-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("cri.sock")
+    }
+
+    const CID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[tokio::test]
+    async fn a_missing_socket_is_unreachable_and_names_the_socket() {
+        let socket = temp_socket("missing");
+        let client = RuntimeClient::with_deadline(&socket, Duration::from_secs(5));
+        let e = client.snapshot(CID).await.unwrap_err();
+        assert!(matches!(e, RuntimeError::Unreachable { .. }), "{e:?}");
+        assert!(e.is_outage());
+        let text = e.to_string();
+        assert!(text.contains(&socket.display().to_string()), "{text}");
+        assert!(text.contains("No such file or directory"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_runtime_that_never_answers_times_out_and_the_waiters_share_one_query() {
+        let socket = temp_socket("stall");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = listener.accept().await {
+                conns.push(c);
+            }
+        });
+        let client = RuntimeClient::with_deadline(&socket, Duration::from_millis(200));
+        let (a, b) = tokio::join!(client.snapshot(CID), client.snapshot(CID));
+        for e in [a.unwrap_err(), b.unwrap_err()] {
+            assert!(matches!(e, RuntimeError::Timeout { .. }), "{e:?}");
+            assert!(e.to_string().contains("did not answer within 200ms"), "{e}");
+        }
+        assert_eq!(client.queries_started(), 1, "one query for both");
+        // The next attempt is a new query (nothing is cached).
+        assert!(client.snapshot(CID).await.is_err());
+        assert_eq!(client.queries_started(), 2);
+        held.abort();
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_speaks_no_grpc_is_no_answer() {
+        use tokio::io::AsyncWriteExt;
+        let socket = temp_socket("garbage");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let server = tokio::spawn(async move {
+            while let Ok((mut c, _)) = listener.accept().await {
+                let _ = c
+                    .write_all(b"\x00\x01garbage that is not HTTP/2\r\n\r\n")
+                    .await;
+                let _ = c.shutdown().await;
+            }
+        });
+        let client = RuntimeClient::with_deadline(&socket, Duration::from_secs(2));
+        let e = client.snapshot(CID).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                RuntimeError::Unreachable { .. } | RuntimeError::Call { .. }
+            ),
+            "{e:?}"
+        );
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_burst_beyond_the_cap_is_told_busy_not_queued() {
+        let socket = temp_socket("busy");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = listener.accept().await {
+                conns.push(c);
+            }
+        });
+        let client = RuntimeClient::with_deadline(&socket, Duration::from_secs(2));
+        let ids: Vec<String> = (0..MAX_IN_FLIGHT + 5)
+            .map(|i| format!("{i:064x}"))
+            .collect();
+        let results = futures_join(&client, &ids).await;
+        let busy = results
+            .iter()
+            .filter(|r| matches!(r, Err(RuntimeError::Busy)))
+            .count();
+        assert_eq!(busy, 5, "{results:?}");
+        assert_eq!(client.queries_started(), MAX_IN_FLIGHT as u64);
+        held.abort();
+    }
+
+    /// Starts every snapshot before awaiting any (all are in flight together).
+    async fn futures_join(
+        client: &RuntimeClient,
+        ids: &[String],
+    ) -> Vec<Result<Arc<PodSnapshot>, RuntimeError>> {
+        let mut set = tokio::task::JoinSet::new();
+        for (i, id) in ids.iter().enumerate() {
+            let client = client.clone();
+            let id = id.clone();
+            set.spawn(async move { (i, client.snapshot(&id).await) });
+            // Let the task register its query before the next one starts.
+            tokio::task::yield_now().await;
+        }
+        let mut out: Vec<_> = set.join_all().await;
+        out.sort_by_key(|(i, _)| *i);
+        out.into_iter().map(|(_, r)| r).collect()
+    }
+}
