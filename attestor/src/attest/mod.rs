@@ -476,42 +476,47 @@ impl<F: FetchPods> Attestor<F> {
     }
 
     fn memoized_fast(&self, version: u64, container: &ContainerRef) -> Option<Vec<String>> {
-        let memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
-        if memo.version != version {
-            return None;
-        }
-        memo.fast.get(container).cloned()
+        self.memo_read(version, |m| m.fast.get(container).cloned())
     }
 
     fn memoize_fast(&self, version: u64, container: &ContainerRef, selectors: &[String]) {
-        let mut memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
-        if version > memo.version {
-            memo.version = version;
-            memo.results.clear();
-            memo.fast.clear();
-        }
-        if version == memo.version && memo.fast.len() < MEMO_CAP {
-            memo.fast.insert(container.clone(), selectors.to_vec());
-        }
+        self.memo_write(version, |m| {
+            if m.fast.len() < MEMO_CAP {
+                m.fast.insert(container.clone(), selectors.to_vec());
+            }
+        });
     }
 
     fn memoized(&self, version: u64, container: &ContainerRef) -> Option<Option<Vec<String>>> {
-        let memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
-        if memo.version != version {
-            return None;
-        }
-        memo.results.get(container).cloned()
+        self.memo_read(version, |m| m.results.get(container).cloned())
     }
 
     fn memoize(&self, version: u64, container: &ContainerRef, found: &Option<Vec<String>>) {
+        self.memo_write(version, |m| {
+            if m.results.len() < MEMO_CAP {
+                m.results.insert(container.clone(), found.clone());
+            }
+        });
+    }
+
+    /// `read` on the memo if it holds list `version`.
+    fn memo_read<T>(&self, version: u64, read: impl FnOnce(&Memo) -> Option<T>) -> Option<T> {
+        let memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
+        (memo.version == version).then(|| read(&memo)).flatten()
+    }
+
+    /// `write` on the memo of list `version`; a newer version replaces the memo, an older
+    /// one is not kept.
+    fn memo_write(&self, version: u64, write: impl FnOnce(&mut Memo)) {
         let mut memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
         if version > memo.version {
-            memo.version = version;
-            memo.results.clear();
-            memo.fast.clear();
+            *memo = Memo {
+                version,
+                ..Memo::default()
+            };
         }
-        if version == memo.version && memo.results.len() < MEMO_CAP {
-            memo.results.insert(container.clone(), found.clone());
+        if version == memo.version {
+            write(&mut memo);
         }
     }
 }

@@ -126,7 +126,10 @@ impl RuntimeClient {
             .in_flight
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(rx) = in_flight.get(id) {
+        // A query whose task ended without answering (it panicked) is not joined.
+        if let Some(rx) = in_flight.get(id)
+            && rx.has_changed().is_ok()
+        {
             return Ok(rx.clone());
         }
         let permit = self
@@ -329,6 +332,17 @@ mod tests {
 
     const CID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
+    /// A socket that accepts connections and never says a word.
+    fn stalled(socket: &Path) -> tokio::task::JoinHandle<()> {
+        let listener = tokio::net::UnixListener::bind(socket).unwrap();
+        tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = listener.accept().await {
+                conns.push(c);
+            }
+        })
+    }
+
     #[tokio::test]
     async fn a_missing_socket_is_unreachable_and_names_the_socket() {
         let socket = temp_socket("missing");
@@ -344,13 +358,7 @@ mod tests {
     #[tokio::test]
     async fn a_runtime_that_never_answers_times_out_and_the_waiters_share_one_query() {
         let socket = temp_socket("stall");
-        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-        let held = tokio::spawn(async move {
-            let mut conns = Vec::new();
-            while let Ok((c, _)) = listener.accept().await {
-                conns.push(c);
-            }
-        });
+        let held = stalled(&socket);
         let client = RuntimeClient::with_deadline(&socket, Duration::from_millis(200));
         let (a, b) = tokio::join!(client.snapshot(CID), client.snapshot(CID));
         for e in [a.unwrap_err(), b.unwrap_err()] {
@@ -392,13 +400,7 @@ mod tests {
     #[tokio::test]
     async fn a_burst_beyond_the_cap_is_told_busy_not_queued() {
         let socket = temp_socket("busy");
-        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-        let held = tokio::spawn(async move {
-            let mut conns = Vec::new();
-            while let Ok((c, _)) = listener.accept().await {
-                conns.push(c);
-            }
-        });
+        let held = stalled(&socket);
         let client = RuntimeClient::with_deadline(&socket, Duration::from_secs(2));
         let ids: Vec<String> = (0..MAX_IN_FLIGHT + 5)
             .map(|i| format!("{i:064x}"))
