@@ -64,6 +64,12 @@ pub fn gave_up() -> Status {
 
 const GAVE_UP: &str = "no selectors found after max poll attempts";
 
+/// The caller went away (`Canceled` "attestation canceled"): the one place these words are
+/// written.
+pub fn cancelled() -> Status {
+    Status::new(Code::Cancelled, "attestation canceled")
+}
+
 impl Status {
     /// Whether this is [`gave_up`].
     pub fn is_gave_up(&self) -> bool {

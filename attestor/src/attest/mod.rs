@@ -29,6 +29,8 @@
 //! the pod list, gives the selectors SPIRE would give once the kubelet publishes that state
 //! ([`crate::runtime`]); any failed check or runtime trouble leaves SPIRE's polling to
 //! answer, exactly as without the key. Whichever answers first wins; both give one answer.
+//! A give-up after SPIRE's last list waits for the runtime's answer about that list (its
+//! deadline bounds the wait); cancellation is watched around both.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -44,7 +46,7 @@ use crate::kubelet::{
 };
 use crate::locator::{self, ContainerRef};
 use crate::pods::SearchOptions;
-use crate::runtime::{self, RuntimeClient};
+use crate::runtime::{self, ContainerRuntime, RuntimeClient};
 use crate::selectors;
 use crate::status::{Code, Status};
 use crate::tracker::{Memberships, Resolution, ResolveError, StartError, Tracker, TrackerOptions};
@@ -107,7 +109,7 @@ pub struct Attestor<F: FetchPods = KubeletClient> {
     tracker: Arc<Tracker>,
     fetcher: PodListFetcher<F>,
     /// The CRI fast path (`container_runtime_endpoint`), if configured.
-    runtime: Option<RuntimeClient>,
+    runtime: Option<Arc<dyn ContainerRuntime>>,
     memo: Mutex<Memo>,
 }
 
@@ -209,7 +211,9 @@ impl Attestor {
     ) -> Result<Self, Status> {
         let client = KubeletClient::new(settings)
             .map_err(|e| Status::new(Code::InvalidArgument, e.to_string()))?;
-        let runtime = config.container_runtime_endpoint().map(RuntimeClient::new);
+        let runtime = config
+            .container_runtime_endpoint()
+            .map(|socket| Arc::new(RuntimeClient::new(socket)) as Arc<dyn ContainerRuntime>);
         Ok(Attestor::with_fetcher(config, tracker, client).with_runtime(runtime))
     }
 
@@ -235,14 +239,14 @@ impl<F: FetchPods> Attestor<F> {
 
     /// Uses `runtime` for containers the kubelet's status does not list yet (`None`: SPIRE's
     /// behaviour). [`Attestor::new`] makes one from `container_runtime_endpoint`.
-    pub fn with_runtime(mut self, runtime: Option<RuntimeClient>) -> Self {
+    pub fn with_runtime(mut self, runtime: Option<Arc<dyn ContainerRuntime>>) -> Self {
         self.runtime = runtime;
         self
     }
 
-    /// The runtime client of the fast path, if configured.
-    pub fn runtime(&self) -> Option<&RuntimeClient> {
-        self.runtime.as_ref()
+    /// The runtime of the fast path, if configured.
+    pub fn runtime(&self) -> Option<&dyn ContainerRuntime> {
+        self.runtime.as_deref()
     }
 
     pub fn config(&self) -> &Config {
@@ -362,18 +366,40 @@ impl<F: FetchPods> Attestor<F> {
                     Err(e) => Err(e.into()),
                 }
             },
-            cancel,
+            // Cancellation is watched below, around both paths.
+            std::future::pending(),
         );
         let mut runtime_trace = self.runtime.as_ref().map(|r| RuntimeTrace {
             endpoint: r.endpoint().to_string(),
             ..RuntimeTrace::default()
         });
-        let fast = self.fast_path(&container, missed_rx, &opts, runtime_trace.as_mut());
-        let polled = tokio::select! {
-            // SPIRE's answer wins a tie: it is the reference.
-            biased;
-            polled = polled => polled.map(|s| (s, Source::KubeletStatus)),
-            Some(selectors) = fast => Ok((selectors, Source::Runtime)),
+        let polled = {
+            let fast = self.fast_path(&container, missed_rx, &opts, runtime_trace.as_mut());
+            tokio::pin!(cancel, fast);
+            let first = tokio::select! {
+                biased;
+                () = &mut cancel => Err(crate::status::cancelled()),
+                // SPIRE's answer wins a tie: it is the reference.
+                polled = polled => polled.map(|s| (s, Source::KubeletStatus)),
+                Some(selectors) = &mut fast => Ok((selectors, Source::Runtime)),
+            };
+            match first {
+                // SPIRE gave up at once after its last list; a runtime question about that
+                // list (or one still running) may still answer, within the runtime's deadline.
+                Err(gave_up) if gave_up.is_gave_up() && self.runtime.is_some() => {
+                    // No more lists: the fast path ends after the ones it has.
+                    drop(missed_tx);
+                    tokio::select! {
+                        biased;
+                        () = &mut cancel => Err(crate::status::cancelled()),
+                        last = &mut fast => match last {
+                            Some(selectors) => Ok((selectors, Source::Runtime)),
+                            None => Err(gave_up),
+                        },
+                    }
+                }
+                other => other,
+            }
         };
         trace.runtime = runtime_trace.filter(|t| t.attempts > 0 || t.fallback.is_some());
         trace.lists_searched = lists;
@@ -756,6 +782,213 @@ mod tests {
         let a = pipeline(&fake, &calls, || Ok(list(&[])));
         let e = a.attest(46, std::future::ready(())).await.unwrap_err();
         assert_eq!(e.code, Code::Cancelled, "{e}");
+    }
+
+    // --- The runtime fast path (a scripted runtime; the CRI client is tested against a real
+    // containerd in tests/tests/cri_fast_path.rs) -------------------------------------------
+
+    use crate::runtime::{PodSnapshot, RuntimeContainer, RuntimeError};
+
+    struct Scripted {
+        answer: Box<dyn Fn(&str) -> Result<Arc<PodSnapshot>, RuntimeError> + Send + Sync>,
+        calls: AtomicUsize,
+    }
+
+    impl ContainerRuntime for Scripted {
+        fn endpoint(&self) -> &str {
+            "unix:///scripted.sock"
+        }
+        fn snapshot<'a>(
+            &'a self,
+            id: &'a str,
+        ) -> std::pin::Pin<
+            Box<dyn Future<Output = Result<Arc<PodSnapshot>, RuntimeError>> + Send + 'a>,
+        > {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Box::pin(std::future::ready((self.answer)(id)))
+        }
+    }
+
+    fn scripted(
+        answer: impl Fn(&str) -> Result<Arc<PodSnapshot>, RuntimeError> + Send + Sync + 'static,
+    ) -> Arc<Scripted> {
+        Arc::new(Scripted {
+            answer: Box::new(answer),
+            calls: AtomicUsize::new(0),
+        })
+    }
+
+    /// `pod(uid, name, cid)` as the kubelet lists it before publishing any status: the spec's
+    /// container `app` with the spec image `img:<name>-spec`.
+    fn unpublished(uid: &str, name: &str) -> String {
+        format!(
+            r#"{{"metadata":{{"name":"{name}","namespace":"shop","uid":"{uid}","labels":{{"app":"{name}"}}}},
+            "spec":{{"serviceAccountName":"{name}-sa","nodeName":"node-1","containers":[{{"name":"app","image":"img:{name}-spec"}}]}}}}"#
+        )
+    }
+
+    /// `pod(uid, name, cid)` with the spec `unpublished` has: what the kubelet publishes
+    /// from [`runtime_state`].
+    fn published_pod(uid: &str, name: &str, cid: &str) -> String {
+        format!(
+            r#"{{"metadata":{{"name":"{name}","namespace":"shop","uid":"{uid}","labels":{{"app":"{name}"}}}},
+            "spec":{{"serviceAccountName":"{name}-sa","nodeName":"node-1","containers":[{{"name":"app","image":"img:{name}-spec"}}]}},
+            "status":{{"containerStatuses":[{{"name":"app","image":"img:{name}","imageID":"img@sha256:{name}","containerID":"containerd://{cid}"}}]}}}}"#
+        )
+    }
+
+    /// The runtime's view of a one-container pod (labels as the kubelet sets them).
+    fn runtime_state(uid: &str, name: &str, cid: &str) -> Arc<PodSnapshot> {
+        let c = RuntimeContainer {
+            id: cid.into(),
+            name: Some("app".into()),
+            pod_uid: Some(uid.into()),
+            pod_namespace: Some("shop".into()),
+            pod_name: Some(name.into()),
+            image: Some(format!("img:{name}")),
+            image_ref: format!("img@sha256:{name}"),
+            created_at: 1,
+        };
+        Arc::new(PodSnapshot {
+            workload: c.clone(),
+            containers: vec![c],
+        })
+    }
+
+    fn with_runtime(
+        fake: &Fake,
+        calls: &Arc<AtomicUsize>,
+        body: Bytes,
+        runtime: &Arc<Scripted>,
+    ) -> Attestor<Fetch> {
+        pipeline(fake, calls, move || Ok(body.clone()))
+            .with_runtime(Some(runtime.clone() as Arc<dyn ContainerRuntime>))
+    }
+
+    #[tokio::test]
+    async fn the_runtime_answers_what_spire_gives_once_the_status_is_published() {
+        let fake = Fake::new();
+        fake.process(50, &container_path(UID, CID));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let runtime = scripted(|_| Ok(runtime_state(UID, "cart", CID)));
+        let fast = with_runtime(
+            &fake,
+            &calls,
+            list(&[unpublished(UID, "cart"), pod(OTHER_UID, "web", OTHER_CID)]),
+            &runtime,
+        );
+        let (got, trace) = fast.attest_traced(50, never()).await;
+        let got = got.unwrap();
+        assert_eq!(trace.source, Some(Source::Runtime));
+        assert_eq!((trace.lists_searched, calls.load(Ordering::SeqCst)), (1, 1));
+        let rt = trace.runtime.expect("the runtime was asked");
+        assert_eq!((rt.attempts, rt.fallback), (1, None));
+
+        // SPIRE, once the kubelet published that state: the same set.
+        let published = list(&[
+            published_pod(UID, "cart", CID),
+            pod(OTHER_UID, "web", OTHER_CID),
+        ]);
+        let spire = pipeline(&fake, &calls, move || Ok(published.clone()));
+        let (want, trace) = spire.attest_traced(50, never()).await;
+        assert_eq!(trace.source, Some(Source::KubeletStatus));
+        assert_eq!(got, want.unwrap());
+        assert!(
+            got.contains(&"container-image:img:cart".to_string()),
+            "{got:?}"
+        );
+        assert!(!got.iter().any(|s| s.contains("-spec")), "{got:?}");
+
+        // Published: the runtime is not asked.
+        let published = list(&[published_pod(UID, "cart", CID)]);
+        let asked = runtime.calls.load(Ordering::SeqCst);
+        let both = with_runtime(&fake, &calls, published, &runtime);
+        let (again, trace) = both.attest_traced(50, never()).await;
+        assert_eq!(again.unwrap(), got);
+        assert_eq!(trace.source, Some(Source::KubeletStatus));
+        assert!(trace.runtime.is_none());
+        assert_eq!(runtime.calls.load(Ordering::SeqCst), asked);
+    }
+
+    #[tokio::test]
+    async fn a_runtime_that_fails_or_disagrees_leaves_spires_give_up() {
+        let fake = Fake::new();
+        fake.process(51, &container_path(UID, CID));
+        let body = list(&[unpublished(UID, "cart"), pod(OTHER_UID, "web", OTHER_CID)]);
+        let down = || RuntimeError::Unreachable {
+            endpoint: "unix:///scripted.sock".into(),
+            detail: "Connection refused".into(),
+        };
+        let cases: Vec<(Arc<Scripted>, &str)> = vec![
+            (scripted(move |_| Err(down())), "Connection refused"),
+            // Labels naming the other (listed) pod: never its selectors.
+            (
+                scripted(|_| {
+                    let mut s = (*runtime_state(OTHER_UID, "web", CID)).clone();
+                    s.workload.pod_uid = Some(OTHER_UID.into());
+                    Ok(Arc::new(s))
+                }),
+                "differs from the cgroup's pod UID",
+            ),
+            // The listed pod's name differs from the runtime's.
+            (
+                scripted(|_| Ok(runtime_state(UID, "cart-2", CID))),
+                "runtime pod name",
+            ),
+        ];
+        for (runtime, why) in cases {
+            let calls = Arc::new(AtomicUsize::new(0));
+            let a = with_runtime(&fake, &calls, body.clone(), &runtime);
+            let (result, trace) = a.attest_traced(51, never()).await;
+            let e = result.unwrap_err();
+            assert!(e.is_gave_up(), "{why}: {e}");
+            let rt = trace.runtime.expect("asked");
+            // One question per list that lacked the container.
+            assert_eq!(rt.attempts, 3, "{why}");
+            assert!(rt.fallback.as_deref().unwrap().contains(why), "{rt:?}");
+            assert_eq!(calls.load(Ordering::SeqCst), 3, "SPIRE's polling unchanged");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_question_about_spires_last_list_still_answers() {
+        // One attempt: SPIRE gives up as soon as its only list lacks the container; the
+        // runtime's answer about that list is still awaited (within its deadline).
+        let fake = Fake::new();
+        fake.process(54, &container_path(UID, CID));
+        let body = list(&[unpublished(UID, "cart")]);
+        let fetch: Fetch = FetchFn(Box::new(move || std::future::ready(Ok(body.clone()))));
+        let config =
+            Config::parse("max_poll_attempts = 1\npoll_retry_interval = \"1ms\"\n").unwrap();
+        let runtime = scripted(|_| Ok(runtime_state(UID, "cart", CID)));
+        let a = Attestor::with_fetcher(config, Arc::new(fake.tracker(true, false)), fetch)
+            .with_runtime(Some(runtime.clone() as Arc<dyn ContainerRuntime>));
+        let (got, trace) = a.attest_traced(54, never()).await;
+        assert!(got.unwrap().contains(&"container-name:app".to_string()));
+        assert_eq!(trace.source, Some(Source::Runtime));
+        // Cancelled while waiting for it: cancelled, as SPIRE reports it.
+        let e = a.attest(54, std::future::ready(())).await.unwrap_err();
+        assert_eq!(e.code, Code::Cancelled, "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_runtime_is_not_asked_about_processes_outside_pods_or_bad_lists() {
+        let fake = Fake::new();
+        fake.process(52, "/system.slice/sshd.service");
+        fake.process(53, &container_path(UID, CID));
+        let runtime = scripted(|_| Ok(runtime_state(UID, "cart", CID)));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let a = with_runtime(
+            &fake,
+            &calls,
+            Bytes::from_static(b"{\"items\": ["),
+            &runtime,
+        );
+        assert_eq!(a.attest(52, never()).await, Ok(Vec::new()));
+        // A list that does not parse is not a list without the container.
+        let e = a.attest(53, never()).await.unwrap_err();
+        assert_eq!(e.code, Code::Unavailable, "{e}");
+        assert_eq!(runtime.calls.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]

@@ -333,7 +333,7 @@ impl<F: FetchPods> PodListFetcher<F> {
         };
         tokio::select! {
             result = attempts => result,
-            () = cancel => Err(Status::new(Code::Cancelled, "attestation canceled")),
+            () = cancel => Err(crate::status::cancelled()),
         }
     }
 }

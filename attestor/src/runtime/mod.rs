@@ -21,6 +21,10 @@
 mod client;
 mod published;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
 pub use client::{
     DEFAULT_DEADLINE, MAX_CONTAINERS_PER_POD, MAX_IN_FLIGHT, MAX_MESSAGE_BYTES, RuntimeClient,
 };
@@ -79,6 +83,31 @@ impl RuntimeContainer {
             image_ref: status.image_ref.clone(),
             created_at: status.created_at,
         }
+    }
+}
+
+/// Where the fast path gets a pod's runtime state: [`RuntimeClient`] (CRI) in the binary, a
+/// scripted one in unit tests.
+pub trait ContainerRuntime: Send + Sync + 'static {
+    /// Where it is, for messages (`unix://<socket>`).
+    fn endpoint(&self) -> &str;
+    /// The state of the pod holding container `id`.
+    fn snapshot<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Arc<PodSnapshot>, RuntimeError>> + Send + 'a>>;
+}
+
+impl ContainerRuntime for RuntimeClient {
+    fn endpoint(&self) -> &str {
+        RuntimeClient::endpoint(self)
+    }
+
+    fn snapshot<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Arc<PodSnapshot>, RuntimeError>> + Send + 'a>> {
+        Box::pin(RuntimeClient::snapshot(self, id))
     }
 }
 
