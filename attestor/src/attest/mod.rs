@@ -787,10 +787,12 @@ mod tests {
     // --- The runtime fast path (a scripted runtime; the CRI client is tested against a real
     // containerd in tests/tests/cri_fast_path.rs) -------------------------------------------
 
-    use crate::runtime::{PodSnapshot, RuntimeContainer, RuntimeError};
+    use crate::runtime::{
+        PodSnapshot, RuntimeContainer, RuntimeError, SnapshotFuture, SnapshotResult,
+    };
 
     struct Scripted {
-        answer: Box<dyn Fn(&str) -> Result<Arc<PodSnapshot>, RuntimeError> + Send + Sync>,
+        answer: Box<dyn Fn(&str) -> SnapshotResult + Send + Sync>,
         calls: AtomicUsize,
     }
 
@@ -798,20 +800,13 @@ mod tests {
         fn endpoint(&self) -> &str {
             "unix:///scripted.sock"
         }
-        fn snapshot<'a>(
-            &'a self,
-            id: &'a str,
-        ) -> std::pin::Pin<
-            Box<dyn Future<Output = Result<Arc<PodSnapshot>, RuntimeError>> + Send + 'a>,
-        > {
+        fn snapshot<'a>(&'a self, id: &'a str) -> SnapshotFuture<'a> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             Box::pin(std::future::ready((self.answer)(id)))
         }
     }
 
-    fn scripted(
-        answer: impl Fn(&str) -> Result<Arc<PodSnapshot>, RuntimeError> + Send + Sync + 'static,
-    ) -> Arc<Scripted> {
+    fn scripted(answer: impl Fn(&str) -> SnapshotResult + Send + Sync + 'static) -> Arc<Scripted> {
         Arc::new(Scripted {
             answer: Box::new(answer),
             calls: AtomicUsize::new(0),

@@ -86,16 +86,18 @@ impl RuntimeContainer {
     }
 }
 
+/// What a snapshot query gives.
+pub type SnapshotResult = Result<Arc<PodSnapshot>, RuntimeError>;
+/// A snapshot query in flight.
+pub type SnapshotFuture<'a> = Pin<Box<dyn Future<Output = SnapshotResult> + Send + 'a>>;
+
 /// Where the fast path gets a pod's runtime state: [`RuntimeClient`] (CRI) in the binary, a
 /// scripted one in unit tests.
 pub trait ContainerRuntime: Send + Sync + 'static {
     /// Where it is, for messages (`unix://<socket>`).
     fn endpoint(&self) -> &str;
     /// The state of the pod holding container `id`.
-    fn snapshot<'a>(
-        &'a self,
-        id: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<Arc<PodSnapshot>, RuntimeError>> + Send + 'a>>;
+    fn snapshot<'a>(&'a self, id: &'a str) -> SnapshotFuture<'a>;
 }
 
 impl ContainerRuntime for RuntimeClient {
@@ -103,10 +105,7 @@ impl ContainerRuntime for RuntimeClient {
         RuntimeClient::endpoint(self)
     }
 
-    fn snapshot<'a>(
-        &'a self,
-        id: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<Arc<PodSnapshot>, RuntimeError>> + Send + 'a>> {
+    fn snapshot<'a>(&'a self, id: &'a str) -> SnapshotFuture<'a> {
         Box::pin(RuntimeClient::snapshot(self, id))
     }
 }
