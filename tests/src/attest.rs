@@ -46,13 +46,57 @@ pub fn sim_config(
     max_poll_attempts: u32,
     poll_ms: u64,
 ) -> Config {
-    let text = format!(
+    parse(&sim_plugin_data(
+        port,
+        ca_path,
+        token_path,
+        max_poll_attempts,
+        poll_ms,
+    ))
+}
+
+/// [`sim_config`] with the CRI fast path on: `container_runtime_endpoint` set to the unix
+/// socket `socket` (which need not exist).
+pub fn sim_config_with_runtime(
+    port: u16,
+    ca_path: &std::path::Path,
+    token_path: &std::path::Path,
+    max_poll_attempts: u32,
+    poll_ms: u64,
+    socket: &std::path::Path,
+) -> Config {
+    let text = sim_plugin_data(port, ca_path, token_path, max_poll_attempts, poll_ms)
+        + &runtime_endpoint_line(socket);
+    parse(&text)
+}
+
+/// The text of [`sim_config`]'s `plugin_data` (for the CLI's `--config` file and the
+/// plugin's Configure).
+pub fn sim_plugin_data(
+    port: u16,
+    ca_path: &std::path::Path,
+    token_path: &std::path::Path,
+    max_poll_attempts: u32,
+    poll_ms: u64,
+) -> String {
+    format!(
         "kubelet_secure_port = {port}\nkubelet_ca_path = \"{}\"\ntoken_path = \"{}\"\n\
          max_poll_attempts = {max_poll_attempts}\npoll_retry_interval = \"{poll_ms}ms\"\n",
         ca_path.display(),
         token_path.display()
-    );
-    match Config::parse(&text) {
+    )
+}
+
+/// The `plugin_data` line that turns the CRI fast path on for the socket `socket`.
+pub fn runtime_endpoint_line(socket: &std::path::Path) -> String {
+    format!(
+        "container_runtime_endpoint = \"unix://{}\"\n",
+        socket.display()
+    )
+}
+
+fn parse(text: &str) -> Config {
+    match Config::parse(text) {
         Ok(c) => c,
         Err(e) => panic!("test plugin_data does not parse: {e}\n{text}"),
     }

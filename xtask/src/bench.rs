@@ -9,8 +9,9 @@ use crate::{build_ebpf, setup};
 pub struct Options {
     /// Which benchmark: `tracker` (resolve, spawn overhead, map memory), `lookup` (1/8/64
     /// concurrent lookups, lock-free vs one Mutex; eBPF start-up), `attest` (warm, cold, burst
-    /// live attestation), `plugin` (Attest round trip through go-plugin, start → handshake)
-    /// or `all`.
+    /// live attestation), `plugin` (Attest round trip through go-plugin, start → handshake),
+    /// `cri` (container start → first attestation with and without the CRI fast path, on a
+    /// private containerd; `RuntimeClient::snapshot` latency) or `all`.
     #[arg(default_value = "all")]
     pub which: String,
 }
@@ -27,9 +28,12 @@ pub fn run(opts: &Options) -> Result<()> {
         "lookup" => &["lookup-bench"],
         "attest" => &["attest-bench"],
         "plugin" => &[],
-        "all" => &["tracker-bench", "lookup-bench", "attest-bench"],
+        "cri" => &["cri-bench"],
+        "all" => &["tracker-bench", "lookup-bench", "attest-bench", "cri-bench"],
         other => {
-            bail!("unknown benchmark `{other}` (expected: tracker, lookup, attest, plugin, all)")
+            bail!(
+                "unknown benchmark `{other}` (expected: tracker, lookup, attest, plugin, cri, all)"
+            )
         }
     };
     for bin in bins {

@@ -124,6 +124,10 @@ const SKIPPED: &[(&str, &str)] = &[
     ),
     ("containers", "needs containerd and runc; runs on the host"),
     (
+        "cri_fast_path",
+        "needs containerd and runc; runs on the host",
+    ),
+    (
         "fuzz_corpus",
         "userspace parsers only; reads fuzz/ from the source tree, which the guest has not; runs on the host",
     ),

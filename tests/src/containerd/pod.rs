@@ -364,6 +364,20 @@ impl Pod {
     /// number of earlier instances (kubelet's restart count). Returns once CRI reports the
     /// container running with its init PID.
     pub async fn start(&mut self, cd: &Containerd, name: &str) -> Result<Started, CriError> {
+        self.start_labelled(cd, name, &[]).await
+    }
+
+    /// [`Pod::start`], but the container's CRI labels have `overrides` set over the four the
+    /// kubelet puts there (`io.kubernetes.pod.uid` naming another pod, say): what a runtime
+    /// (or whoever can create containers through it) could claim about a container that
+    /// the kubelet never made. CreateContainer takes any labels; the container still goes
+    /// into this pod's sandbox and cgroup.
+    pub async fn start_labelled(
+        &mut self,
+        cd: &Containerd,
+        name: &str,
+        overrides: &[(&str, &str)],
+    ) -> Result<Started, CriError> {
         let spec = self.container_spec(name)?;
         // kubelet's restart count: one more than the newest instance, live or removed.
         let newest_live = self
@@ -405,6 +419,7 @@ impl Pod {
             (LABEL_POD_UID, &self.spec.uid),
         ]
         .into_iter()
+        .chain(overrides.iter().copied())
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
         let annotations: HashMap<String, String> = [
@@ -468,7 +483,6 @@ impl Pod {
                     namespace_options: Some(ns_option(pid_mode, &target_id)),
                     ..Default::default()
                 }),
-                ..Default::default()
             }),
             ..Default::default()
         };

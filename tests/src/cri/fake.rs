@@ -27,6 +27,10 @@ use server::runtime_service_server::{RuntimeService, RuntimeServiceServer};
 
 /// How a fake runtime behaves.
 #[derive(Debug, Clone)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "built once per fake runtime; a Box would only clutter the tests' calls"
+)]
 pub enum Behaviour {
     /// Valid gRPC: `ContainerStatus` answers from `statuses` by ID (unknown ID: `NotFound`,
     /// as containerd says it), `ListContainers` lists every status whose labels contain the
