@@ -387,14 +387,19 @@ impl<F: FetchPods> Attestor<F> {
                 // SPIRE gave up at once after its last list; a runtime question about that
                 // list (or one still running) may still answer, within the runtime's deadline.
                 Err(gave_up) if gave_up.is_gave_up() && self.runtime.is_some() => {
-                    // No more lists: the fast path ends after the ones it has.
+                    // No more lists: the fast path ends after the ones it has, and all of
+                    // that within one runtime deadline after SPIRE's give-up.
                     drop(missed_tx);
+                    let bound = self
+                        .runtime
+                        .as_ref()
+                        .map_or(Duration::ZERO, |r| r.deadline());
                     tokio::select! {
                         biased;
                         () = &mut cancel => Err(crate::status::cancelled()),
-                        last = &mut fast => match last {
-                            Some(selectors) => Ok((selectors, Source::Runtime)),
-                            None => Err(gave_up),
+                        last = tokio::time::timeout(bound, &mut fast) => match last {
+                            Ok(Some(selectors)) => Ok((selectors, Source::Runtime)),
+                            Ok(None) | Err(_) => Err(gave_up),
                         },
                     }
                 }
@@ -799,6 +804,9 @@ mod tests {
     impl ContainerRuntime for Scripted {
         fn endpoint(&self) -> &str {
             "unix:///scripted.sock"
+        }
+        fn deadline(&self) -> Duration {
+            Duration::from_millis(500)
         }
         fn snapshot<'a>(&'a self, id: &'a str) -> SnapshotFuture<'a> {
             self.calls.fetch_add(1, Ordering::SeqCst);

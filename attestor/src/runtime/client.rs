@@ -100,6 +100,11 @@ impl RuntimeClient {
         &self.inner.endpoint
     }
 
+    /// How long one snapshot may take at most.
+    pub fn deadline(&self) -> Duration {
+        self.inner.deadline
+    }
+
     /// Queries started so far (shared ones count once).
     pub fn queries_started(&self) -> u64 {
         self.inner.queries.load(Ordering::Relaxed)
@@ -191,14 +196,21 @@ impl Inner {
             tonic::Code::NotFound if rpc == "ContainerStatus" => {
                 RuntimeError::UnknownContainer { id: String::new() }
             }
-            // tonic reports a socket it cannot dial or a broken connection as Unavailable
-            // (or Unknown with a transport source).
+            // tonic reports a socket it cannot dial, and a connection that breaks, as
+            // Unavailable (or Unknown) with the transport error as the source.
             tonic::Code::Unavailable | tonic::Code::Unknown
-                if std::error::Error::source(&s).is_some() || s.message().contains("transport") =>
+                if std::error::Error::source(&s).is_some() =>
             {
-                RuntimeError::Unreachable {
-                    endpoint: self.endpoint.clone(),
-                    detail: transport_detail(&s),
+                let (detail, io) = transport_detail(&s);
+                let endpoint = self.endpoint.clone();
+                // Not dialled at all vs. dialled and then not understood.
+                match io {
+                    Some(
+                        std::io::ErrorKind::NotFound
+                        | std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::PermissionDenied,
+                    ) => RuntimeError::Unreachable { endpoint, detail },
+                    _ => RuntimeError::NotCri { endpoint, detail },
                 }
             }
             code => RuntimeError::Call {
@@ -305,15 +317,20 @@ impl Inner {
 }
 
 /// A transport failure's innermost cause ("No such file or directory", "Connection
-/// refused"), which is what an operator needs; tonic's own text is "transport error".
-fn transport_detail(s: &tonic::Status) -> String {
+/// refused"), which is what an operator needs (tonic's own text is "transport error"), and
+/// the kind of the I/O error in the chain, if any.
+fn transport_detail(s: &tonic::Status) -> (String, Option<std::io::ErrorKind>) {
     let mut detail = s.message().to_string();
+    let mut kind = None;
     let mut source = std::error::Error::source(s);
     while let Some(e) = source {
         detail = e.to_string();
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            kind = Some(io.kind());
+        }
         source = e.source();
     }
-    detail
+    (detail, kind)
 }
 
 #[cfg(test)]
@@ -323,11 +340,27 @@ mod tests {
 
     use super::*;
 
-    fn temp_socket(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("attestor-cri-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join("cri.sock")
+    /// A directory for one test's socket, removed when dropped.
+    struct TempSocket(PathBuf);
+
+    impl TempSocket {
+        fn new(name: &str) -> TempSocket {
+            let dir =
+                std::env::temp_dir().join(format!("attestor-cri-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            TempSocket(dir)
+        }
+
+        fn path(&self) -> PathBuf {
+            self.0.join("cri.sock")
+        }
+    }
+
+    impl Drop for TempSocket {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 
     const CID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -345,7 +378,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_socket_is_unreachable_and_names_the_socket() {
-        let socket = temp_socket("missing");
+        let dir = TempSocket::new("missing");
+        let socket = dir.path();
         let client = RuntimeClient::with_deadline(&socket, Duration::from_secs(5));
         let e = client.snapshot(CID).await.unwrap_err();
         assert!(matches!(e, RuntimeError::Unreachable { .. }), "{e:?}");
@@ -357,7 +391,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_runtime_that_never_answers_times_out_and_the_waiters_share_one_query() {
-        let socket = temp_socket("stall");
+        let dir = TempSocket::new("stall");
+        let socket = dir.path();
         let held = stalled(&socket);
         let client = RuntimeClient::with_deadline(&socket, Duration::from_millis(200));
         let (a, b) = tokio::join!(client.snapshot(CID), client.snapshot(CID));
@@ -375,7 +410,8 @@ mod tests {
     #[tokio::test]
     async fn a_socket_that_speaks_no_grpc_is_no_answer() {
         use tokio::io::AsyncWriteExt;
-        let socket = temp_socket("garbage");
+        let dir = TempSocket::new("garbage");
+        let socket = dir.path();
         let listener = tokio::net::UnixListener::bind(&socket).unwrap();
         let server = tokio::spawn(async move {
             while let Ok((mut c, _)) = listener.accept().await {
@@ -387,19 +423,20 @@ mod tests {
         });
         let client = RuntimeClient::with_deadline(&socket, Duration::from_secs(2));
         let e = client.snapshot(CID).await.unwrap_err();
+        assert!(matches!(e, RuntimeError::NotCri { .. }), "{e:?}");
+        assert!(e.is_outage());
+        let text = e.to_string();
         assert!(
-            matches!(
-                e,
-                RuntimeError::Unreachable { .. } | RuntimeError::Call { .. }
-            ),
-            "{e:?}"
+            text.contains("did not answer as a CRI (gRPC) server"),
+            "{text}"
         );
         server.abort();
     }
 
     #[tokio::test]
     async fn a_burst_beyond_the_cap_is_told_busy_not_queued() {
-        let socket = temp_socket("busy");
+        let dir = TempSocket::new("busy");
+        let socket = dir.path();
         let held = stalled(&socket);
         let client = RuntimeClient::with_deadline(&socket, Duration::from_secs(2));
         let ids: Vec<String> = (0..MAX_IN_FLIGHT + 5)

@@ -96,6 +96,8 @@ pub type SnapshotFuture<'a> = Pin<Box<dyn Future<Output = SnapshotResult> + Send
 pub trait ContainerRuntime: Send + Sync + 'static {
     /// Where it is, for messages (`unix://<socket>`).
     fn endpoint(&self) -> &str;
+    /// How long one snapshot may take at most.
+    fn deadline(&self) -> std::time::Duration;
     /// The state of the pod holding container `id`.
     fn snapshot<'a>(&'a self, id: &'a str) -> SnapshotFuture<'a>;
 }
@@ -103,6 +105,10 @@ pub trait ContainerRuntime: Send + Sync + 'static {
 impl ContainerRuntime for RuntimeClient {
     fn endpoint(&self) -> &str {
         RuntimeClient::endpoint(self)
+    }
+
+    fn deadline(&self) -> std::time::Duration {
+        RuntimeClient::deadline(self)
     }
 
     fn snapshot<'a>(&'a self, id: &'a str) -> SnapshotFuture<'a> {
@@ -126,11 +132,16 @@ pub struct PodSnapshot {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RuntimeError {
-    /// The socket is missing or refuses connections, or the transport failed.
+    /// The socket is missing, refuses connections or may not be opened.
     #[error(
         "container runtime at {endpoint} unreachable: {detail} (is the socket mounted and the runtime running?)"
     )]
     Unreachable { endpoint: String, detail: String },
+    /// Something answers on the socket, but not CRI over gRPC (or the connection broke).
+    #[error(
+        "container runtime at {endpoint} did not answer as a CRI (gRPC) server: {detail} (is container_runtime_endpoint the runtime's CRI socket?)"
+    )]
+    NotCri { endpoint: String, detail: String },
     /// No answer within the deadline.
     #[error("container runtime at {endpoint} did not answer within {after:?}")]
     Timeout {
@@ -168,7 +179,9 @@ impl RuntimeError {
     pub fn is_outage(&self) -> bool {
         matches!(
             self,
-            RuntimeError::Unreachable { .. } | RuntimeError::Timeout { .. }
+            RuntimeError::Unreachable { .. }
+                | RuntimeError::NotCri { .. }
+                | RuntimeError::Timeout { .. }
         )
     }
 }

@@ -27,6 +27,7 @@
 use std::collections::HashMap;
 
 use super::{PodSnapshot, RuntimeContainer};
+use crate::goquote::go_quote;
 use crate::locator::ContainerRef;
 use crate::pods::{self, ContainerStatus, Found, PodStatus, PodsError, StatusList};
 
@@ -45,7 +46,11 @@ pub enum Refusal {
     PodListedTwice { uid: String, count: usize },
     #[error("the pod list does not parse: {0}")]
     PodList(PodsError),
-    #[error("runtime pod {field} {runtime:?} differs from the pod list's {listed:?}")]
+    #[error(
+        "runtime pod {field} {} differs from the pod list's {}",
+        quoted(runtime),
+        quoted(listed)
+    )]
     PodDiffers {
         field: &'static str,
         runtime: Option<String>,
@@ -53,12 +58,16 @@ pub enum Refusal {
     },
     #[error("container {id} has no container name label")]
     NoContainerName { id: String },
-    #[error("container name {name:?} is not in the pod's spec")]
+    #[error("container name {} is not in the pod's spec", go_quote(name))]
     NotInSpec { name: String },
-    #[error("container name {name:?} appears {count} times in the pod's spec")]
+    #[error(
+        "container name {} appears {count} times in the pod's spec",
+        go_quote(name)
+    )]
     NameTwiceInSpec { name: String, count: usize },
     #[error(
-        "container {id} is not the newest instance of {name:?} ({newer} is as new or newer): the kubelet publishes that one"
+        "container {id} is not the newest instance of {} ({newer} is as new or newer): the kubelet publishes that one",
+        go_quote(name)
     )]
     NotNewest {
         id: String,
@@ -68,7 +77,8 @@ pub enum Refusal {
     #[error("the runtime reports no image for container {id}")]
     NoImage { id: String },
     #[error(
-        "the status of container {name:?} cannot be derived: the pod list shows an instance the runtime no longer has"
+        "the status of container {} cannot be derived: the pod list shows an instance the runtime no longer has",
+        go_quote(name)
     )]
     StatusUnknowable { name: String },
 }
@@ -241,6 +251,11 @@ pub fn published(
     }
     pod.status = status;
     Ok(Found::new(pod, matched.filter(|_| with_container)))
+}
+
+/// A label or field as an operator reads it: Go-quoted, or `(none)`.
+fn quoted(v: &Option<String>) -> String {
+    v.as_deref().map_or_else(|| "(none)".to_string(), go_quote)
 }
 
 enum Newest<'a> {

@@ -17,8 +17,11 @@
 //! * runc removes only leaf cgroups: the pod and QoS parents are removed here.
 //!
 //! Teardown ([`Containerd::shutdown`], or `Drop` after a panic) leaves no processes, mounts
-//! or cgroups behind. One daemon runs at a time per test process (a lock), because the
-//! `/run/containerd` bookkeeping is process-wide.
+//! or cgroups behind. One daemon runs at a time on the machine, because the
+//! `/run/containerd` bookkeeping (shim sockets, the directory itself) is machine-wide: an
+//! async lock within a test process, and an exclusive `flock` on [`MACHINE_LOCK`] between
+//! processes (a benchmark and a test suite, or two checkouts, would otherwise remove each
+//! other's shim sockets at teardown).
 
 pub mod image;
 pub mod pod;
@@ -53,6 +56,28 @@ pub const REQUIRED_TOOLS: &[&str] = &[
 
 /// Serializes daemons within this test process (see the module doc).
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Serializes daemons between processes (see the module doc); released when the holder
+/// exits, however it exits.
+pub const MACHINE_LOCK: &str = "/run/lock/attestor-test-containerd.lock";
+
+/// Waits for [`MACHINE_LOCK`].
+async fn machine_turn() -> Result<std::fs::File, StartError> {
+    tokio::task::spawn_blocking(|| {
+        let dir = Path::new(MACHINE_LOCK).parent().unwrap_or(Path::new("/run"));
+        std::fs::create_dir_all(dir)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(MACHINE_LOCK)?;
+        file.lock()?;
+        Ok::<_, std::io::Error>(file)
+    })
+    .await
+    .map_err(|e| StartError::Failed(format!("waiting for {MACHINE_LOCK}: {e}")))?
+    .map_err(|e| StartError::Failed(format!("locking {MACHINE_LOCK}: {e}")))
+}
 
 /// Why the daemon could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +117,8 @@ pub struct Containerd {
     cgroup_parents: Mutex<Vec<String>>,
     images: Vec<BuiltImage>,
     _turn: tokio::sync::MutexGuard<'static, ()>,
+    /// Holds [`MACHINE_LOCK`]; dropped (unlocked) after the teardown in `Drop`.
+    _machine_turn: std::fs::File,
 }
 
 impl std::fmt::Debug for Containerd {
@@ -112,6 +139,7 @@ impl Containerd {
             }
         }
         let turn = ONE_AT_A_TIME.lock().await;
+        let machine_turn = machine_turn().await?;
         let dir = TempDir::new("containerd");
         let d = dir.path().to_owned();
         let socket = d.join("containerd.sock");
@@ -171,6 +199,7 @@ impl Containerd {
             cgroup_parents: Mutex::new(Vec::new()),
             images: Vec::new(),
             _turn: turn,
+            _machine_turn: machine_turn,
         };
         // On error `cd` is dropped here, which tears the daemon down.
         cd.images = cd.build_and_import_images()?;
