@@ -147,8 +147,13 @@ fn print_text(attestor: &Attestor, t: &Trace, result: &Result<Vec<String>, Statu
     match (attestor.runtime(), &t.runtime) {
         (None, _) => {}
         (Some(r), None) => println!(
-            "  runtime        {} (not asked: the kubelet's status was enough)",
-            r.endpoint()
+            "  runtime        {} (not asked{})",
+            r.endpoint(),
+            if t.source == Some(attest::Source::KubeletStatus) {
+                ": the kubelet's status lists the container"
+            } else {
+                ""
+            }
         ),
         (Some(_), Some(rt)) => {
             println!(
