@@ -5,11 +5,12 @@
 // broker.Accept(1) with the metrics host service during dispense, then Init → Configure →
 // Attest … → Deinit → Kill.
 //
-// It is driven by the Rust integration test (tests/tests/plugin.rs): one JSON command per
-// stdin line, one JSON result per stdout line. Host logs (hclog JSON, including the plugin's
-// relayed stderr) go to stderr and are kept so that `wait_log` and `kill` can inspect them.
+// It is driven by the Rust integration tests (tests/tests/plugin.rs, cri_fast_path.rs) through
+// tests/src/go_host.rs: one JSON command per stdin line, one JSON result per stdout line. Host
+// logs (hclog JSON, including the plugin's relayed stderr) go to stderr and are kept so that
+// `wait_log` and `kill` can inspect them.
 //
-// Build (GOPATH mode, Debian's packages): see tests/tests/plugin.rs `build_go_host`.
+// Build (GOPATH mode, Debian's packages): see tests/src/go_host.rs `GoHost::binary`.
 package main
 
 import (

@@ -7,6 +7,8 @@ pub mod cleanup;
 pub mod containerd;
 pub mod cri;
 pub mod demo;
+pub mod expect;
+pub mod go_host;
 pub mod kubelet_sim;
 pub mod pidns;
 pub mod runc;
@@ -38,6 +40,24 @@ pub fn require_root() -> bool {
     }
     eprintln!("skipped: needs root");
     false
+}
+
+/// The value of `r`, or a panic that says what failed (`what`) and the error's text.
+pub fn ok<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("{what}: {e}"),
+    }
+}
+
+/// The PID tracker in eBPF mode (no fallback); panics if it does not start on this kernel.
+pub fn ebpf_tracker() -> attestor::tracker::Tracker {
+    use attestor::tracker::{Tracker, TrackerMode, TrackerOptions};
+    Tracker::start(&TrackerOptions {
+        mode: TrackerMode::Ebpf,
+        ..TrackerOptions::default()
+    })
+    .expect("eBPF tracker starts on this kernel")
 }
 
 /// Polls `f` until it returns Some or `timeout` passes.

@@ -12,47 +12,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use attestor::locator::ContainerRef;
-use attestor::status::{Code, Status};
-use attestor::tracker::{Tracker, TrackerMode, TrackerOptions};
+use attestor::tracker::Tracker;
 use attestor_tests::attest::{Pipeline, sim_config};
 use attestor_tests::containerd::pod::{Kind, Pod, PodSpec, Qos};
-use attestor_tests::containerd::{Containerd, StartError, TOOLS_IMAGE, WORKLOAD_IMAGE};
+use attestor_tests::containerd::{Containerd, TOOLS_IMAGE, WORKLOAD_IMAGE};
+use attestor_tests::expect::{give_up, one_app_selectors, pod_level, with_container};
 use attestor_tests::kubelet_sim::KubeletSim;
 use attestor_tests::runc::RuncContainer;
 use attestor_tests::tempdir::TempDir;
-use attestor_tests::{children, comm, require_root, wait_for};
+use attestor_tests::{children, comm, ebpf_tracker, ok, require_root, wait_for};
 use serde_json::json;
-
-fn ebpf_tracker() -> Tracker {
-    Tracker::start(&TrackerOptions {
-        mode: TrackerMode::Ebpf,
-        ..TrackerOptions::default()
-    })
-    .expect("eBPF tracker starts on this kernel")
-}
-
-/// The private containerd, or `None` (test skipped) when not root or the packages are
-/// missing outside CI.
-async fn containerd() -> Option<Containerd> {
-    if !require_root() {
-        return None;
-    }
-    match Containerd::start().await {
-        Ok(cd) => Some(cd),
-        Err(StartError::Missing(what)) if std::env::var_os("CI").is_none() => {
-            eprintln!("skipped: {what} is not installed; run `cargo xtask setup`");
-            None
-        }
-        Err(e) => panic!("private containerd did not start: {e}"),
-    }
-}
-
-fn ok<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> T {
-    match r {
-        Ok(v) => v,
-        Err(e) => panic!("{what}: {e}"),
-    }
-}
 
 /// A kubelet simulator serving `pods`, and a pipeline pointed at it.
 struct Kubelet {
@@ -119,71 +88,10 @@ fn proc_v2_path(pid: i32) -> String {
         .to_owned()
 }
 
-fn give_up() -> Result<Vec<String>, Status> {
-    Err(Status::new(
-        Code::DeadlineExceeded,
-        "no selectors found after max poll attempts",
-    ))
-}
-
 const TOKEN: &str = "cri-test-service-account-token";
 /// Every test's pods are in the first list the pipeline fetches; a few more lists are
 /// allowed so a give-up is a give-up and not a fluke.
 const MAX_POLL_ATTEMPTS: u32 = 3;
-
-/// Pod-level selectors: `sa`, `ns`, `node-name`, `pod-uid`, `pod-name`, then `extra`.
-fn pod_level(sa: &str, ns: &str, uid: &str, name: &str, extra: &[String]) -> Vec<String> {
-    let mut v = vec![
-        format!("sa:{sa}"),
-        format!("ns:{ns}"),
-        "node-name:node-1".to_owned(),
-        format!("pod-uid:{uid}"),
-        format!("pod-name:{name}"),
-    ];
-    v.extend_from_slice(extra);
-    v
-}
-
-/// `pod_level` plus the workload container's name and both image identifiers.
-fn with_container(pod_level: &[String], name: &str, tag: &str, digest: &str) -> Vec<String> {
-    let mut v: Vec<String> = pod_level.to_vec();
-    v.push(format!("container-name:{name}"));
-    v.push(format!("container-image:{tag}"));
-    v.push(format!("container-image:{digest}"));
-    v.sort();
-    v.dedup();
-    v
-}
-
-fn digest(cd: &Containerd, image: &str) -> String {
-    match cd.image(image) {
-        Some(i) => i.repo_digest(),
-        None => panic!("harness has no image {image}"),
-    }
-}
-
-/// A test pod with one app container running the workload image's default command.
-fn one_app_pod(name: &str, uid: &str, command: &[&str]) -> PodSpec {
-    PodSpec::new(name, uid).container(Kind::App, "app", WORKLOAD_IMAGE, command)
-}
-
-/// Selectors of the `app` container of a [`one_app_pod`].
-fn one_app_selectors(cd: &Containerd, name: &str, uid: &str) -> Vec<String> {
-    let wl = digest(cd, WORKLOAD_IMAGE);
-    let pod = pod_level(
-        "default",
-        "default",
-        uid,
-        name,
-        &[
-            "pod-image-count:1".into(),
-            "pod-init-image-count:0".into(),
-            format!("pod-image:{WORKLOAD_IMAGE}"),
-            format!("pod-image:{wl}"),
-        ],
-    );
-    with_container(&pod, "app", WORKLOAD_IMAGE, &wl)
-}
 
 // ------------------------------------------------------------------ containerd + CRI
 
@@ -192,7 +100,7 @@ const WEB_OWNER_UID: &str = "0e2b7a44-1c3d-4f5e-9a8b-7c6d5e4f3a21";
 
 #[tokio::test]
 async fn app_containers_get_their_own_selectors() {
-    let Some(cd) = containerd().await else {
+    let Some(cd) = Containerd::start_or_skip().await else {
         return;
     };
     let tracker = ebpf_tracker();
@@ -221,8 +129,8 @@ async fn app_containers_get_their_own_selectors() {
     );
     let k = kubelet(tracker, vec![json], MAX_POLL_ATTEMPTS).await;
 
-    let wl = digest(&cd, WORKLOAD_IMAGE);
-    let tools = digest(&cd, TOOLS_IMAGE);
+    let wl = cd.repo_digest(WORKLOAD_IMAGE);
+    let tools = cd.repo_digest(TOOLS_IMAGE);
     // What kubelet's image manager sees: the locally built image under its tag and repo
     // digest, with the config digest as its ID.
     let image = ok("ImageStatus", cd.cri().image_status(WORKLOAD_IMAGE).await)
@@ -265,7 +173,7 @@ const INIT_UID: &str = "1a2b3c4d-5e6f-4a1b-8c2d-3e4f5a6b7c81";
 
 #[tokio::test]
 async fn init_container_while_it_runs_then_the_app() {
-    let Some(cd) = containerd().await else {
+    let Some(cd) = Containerd::start_or_skip().await else {
         return;
     };
     let tracker = ebpf_tracker();
@@ -283,8 +191,8 @@ async fn init_container_while_it_runs_then_the_app() {
     let json = ok("pod from CRI", pod.kubelet_json(&cd).await);
     assert_eq!(json["status"]["phase"], json!("Pending"));
     let k = kubelet(tracker, vec![json], MAX_POLL_ATTEMPTS).await;
-    let wl = digest(&cd, WORKLOAD_IMAGE);
-    let tools = digest(&cd, TOOLS_IMAGE);
+    let wl = cd.repo_digest(WORKLOAD_IMAGE);
+    let tools = cd.repo_digest(TOOLS_IMAGE);
     // The app container is still waiting: its status has the spec's image and an empty
     // imageID, which SPIRE turns into an empty `pod-image:` selector.
     let pending = pod_level(
@@ -338,7 +246,7 @@ const SIDECAR_UID: &str = "2b3c4d5e-6f7a-4b2c-9d3e-4f5a6b7c8d92";
 
 #[tokio::test]
 async fn native_sidecar_runs_beside_the_app() {
-    let Some(cd) = containerd().await else {
+    let Some(cd) = Containerd::start_or_skip().await else {
         return;
     };
     let tracker = ebpf_tracker();
@@ -361,8 +269,8 @@ async fn native_sidecar_runs_beside_the_app() {
         json!("Completed")
     );
     let k = kubelet(tracker, vec![json], MAX_POLL_ATTEMPTS).await;
-    let wl = digest(&cd, WORKLOAD_IMAGE);
-    let tools = digest(&cd, TOOLS_IMAGE);
+    let wl = cd.repo_digest(WORKLOAD_IMAGE);
+    let tools = cd.repo_digest(TOOLS_IMAGE);
     let pod = pod_level(
         "api",
         "shop",
@@ -396,13 +304,13 @@ const DEBUG_UID: &str = "3c4d5e6f-7a8b-4c3d-8e4f-5a6b7c8d9ea3";
 
 #[tokio::test]
 async fn ephemeral_debug_container_added_to_a_running_pod() {
-    let Some(cd) = containerd().await else {
+    let Some(cd) = Containerd::start_or_skip().await else {
         return;
     };
     let tracker = ebpf_tracker();
     let mut pod = ok(
         "RunPodSandbox",
-        Pod::run(&cd, one_app_pod("app-1", DEBUG_UID, &[])).await,
+        Pod::run(&cd, PodSpec::one_app("app-1", DEBUG_UID, &[])).await,
     );
     let app = ok("start app", pod.start(&cd, "app").await);
     let k = kubelet(
@@ -430,8 +338,8 @@ async fn ephemeral_debug_container_added_to_a_running_pod() {
         json!(format!("containerd://{}", debug.id))
     );
     k.set_pods(vec![json]).await;
-    let wl = digest(&cd, WORKLOAD_IMAGE);
-    let tools = digest(&cd, TOOLS_IMAGE);
+    let wl = cd.repo_digest(WORKLOAD_IMAGE);
+    let tools = cd.repo_digest(TOOLS_IMAGE);
     // Ephemeral containers count in no image selector; attestor searches their statuses
     // (SPIRE does not and gives up after 30 s).
     let pod_sel = pod_level(
@@ -464,13 +372,13 @@ const RESTART_UID: &str = "4d5e6f7a-8b9c-4d4e-9f5a-6b7c8d9eafb4";
 
 #[tokio::test]
 async fn restarted_container_new_id_same_pod() {
-    let Some(cd) = containerd().await else {
+    let Some(cd) = Containerd::start_or_skip().await else {
         return;
     };
     let tracker = ebpf_tracker();
     let mut pod = ok(
         "RunPodSandbox",
-        Pod::run(&cd, one_app_pod("worker-0", RESTART_UID, &[])).await,
+        Pod::run(&cd, PodSpec::one_app("worker-0", RESTART_UID, &[])).await,
     );
     let first = ok("start app", pod.start(&cd, "app").await);
     let k = kubelet(
@@ -522,13 +430,13 @@ const DELETED_UID: &str = "5e6f7a8b-9cad-4e5f-8a6b-7c8d9eafb0c5";
 
 #[tokio::test]
 async fn pod_deleted_from_the_kubelet_list_while_its_process_runs() {
-    let Some(cd) = containerd().await else {
+    let Some(cd) = Containerd::start_or_skip().await else {
         return;
     };
     let tracker = ebpf_tracker();
     let mut pod = ok(
         "RunPodSandbox",
-        Pod::run(&cd, one_app_pod("gone-0", DELETED_UID, &[])).await,
+        Pod::run(&cd, PodSpec::one_app("gone-0", DELETED_UID, &[])).await,
     );
     let app = ok("start app", pod.start(&cd, "app").await);
     let k = kubelet(
@@ -555,7 +463,7 @@ const FORK_UID: &str = "6f7a8b9c-adbe-4f6a-9b7c-8d9eafb0c1d6";
 
 #[tokio::test]
 async fn processes_forked_and_execd_inside_the_container() {
-    let Some(cd) = containerd().await else {
+    let Some(cd) = Containerd::start_or_skip().await else {
         return;
     };
     let tracker = ebpf_tracker();
@@ -567,7 +475,7 @@ async fn processes_forked_and_execd_inside_the_container() {
     ];
     let mut pod = ok(
         "RunPodSandbox",
-        Pod::run(&cd, one_app_pod("forker-0", FORK_UID, &command)).await,
+        Pod::run(&cd, PodSpec::one_app("forker-0", FORK_UID, &command)).await,
     );
     let app = ok("start app", pod.start(&cd, "app").await);
     let (sleeper, subshell) = ok(
@@ -608,13 +516,13 @@ const PAUSE_UID: &str = "7a8b9cad-becf-4a7b-8c8d-9eafb0c1d2e7";
 
 #[tokio::test]
 async fn pause_container_never_gets_a_containers_selectors() {
-    let Some(cd) = containerd().await else {
+    let Some(cd) = Containerd::start_or_skip().await else {
         return;
     };
     let tracker = ebpf_tracker();
     let mut pod = ok(
         "RunPodSandbox",
-        Pod::run(&cd, one_app_pod("paused-0", PAUSE_UID, &[])).await,
+        Pod::run(&cd, PodSpec::one_app("paused-0", PAUSE_UID, &[])).await,
     );
     let app = ok("start app", pod.start(&cd, "app").await);
     let pause = ok("sandbox pid", pod.sandbox_pid(&cd).await);
@@ -647,11 +555,11 @@ const COLON_UID: &str = "8b9cadbe-cfd0-4e1f-9a2b-3c4d5e6f7a8b";
 /// `kubepods-besteffort-pod<uid_>.slice:cri-containerd:<id>`, relative to its own cgroup.
 #[tokio::test]
 async fn systemd_cgroup_parent_on_cgroupfs_gives_the_colon_form() {
-    let Some(cd) = containerd().await else {
+    let Some(cd) = Containerd::start_or_skip().await else {
         return;
     };
     let tracker = ebpf_tracker();
-    let spec = one_app_pod("colon-0", COLON_UID, &[]).systemd_cgroup_parent();
+    let spec = PodSpec::one_app("colon-0", COLON_UID, &[]).systemd_cgroup_parent();
     let mut pod = ok("RunPodSandbox", Pod::run(&cd, spec).await);
     let app = ok("start app", pod.start(&cd, "app").await);
     let pause = ok("sandbox pid", pod.sandbox_pid(&cd).await);
@@ -804,7 +712,7 @@ const TEARDOWN_UIDS: [&str; 2] = [
 /// first, as a passing test does) or not (plain drop, as after a panic). Either way no
 /// process, mount, cgroup, shim socket or directory may be left.
 async fn teardown_leaves_nothing(graceful: bool, uid: &str) {
-    let Some(cd) = containerd().await else {
+    let Some(cd) = Containerd::start_or_skip().await else {
         return;
     };
     // Read under the harness's lock: another test's daemon may have made it before.
@@ -812,7 +720,7 @@ async fn teardown_leaves_nothing(graceful: bool, uid: &str) {
     let dir = cd.dir().to_owned();
     let mut pod = ok(
         "RunPodSandbox",
-        Pod::run(&cd, one_app_pod("teardown-0", uid, &[])).await,
+        Pod::run(&cd, PodSpec::one_app("teardown-0", uid, &[])).await,
     );
     let app = ok("start app", pod.start(&cd, "app").await);
     let pause = ok("sandbox pid", pod.sandbox_pid(&cd).await);

@@ -18,68 +18,33 @@
 //! installed) unless `CI` is set, in which case that is a failure. One containerd per test
 //! function (the harness serialises them).
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use attestor::attest::{Attestor, Source, Trace};
 use attestor::runtime::{LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID};
-use attestor::status::{Code, Status};
-use attestor::tracker::{Tracker, TrackerMode, TrackerOptions};
+use attestor::status::Status;
+use attestor::tracker::Tracker;
 use attestor_tests::attest::{
     runtime_endpoint_line, sim_config, sim_config_with_runtime, sim_plugin_data,
 };
-use attestor_tests::containerd::pod::{Kind, Pod, PodSpec, Qos};
-use attestor_tests::containerd::{Containerd, StartError, TOOLS_IMAGE, WORKLOAD_IMAGE};
+use attestor_tests::containerd::pod::{Kind, Pod, PodSpec, Qos, Started};
+use attestor_tests::containerd::{Containerd, TOOLS_IMAGE, WORKLOAD_IMAGE};
 use attestor_tests::cri::fake::{Behaviour, FakeRuntime, kubelet_container};
+use attestor_tests::expect::{give_up, one_app_selectors, pod_level, with_container};
+use attestor_tests::go_host::{self, GoHost};
 use attestor_tests::kubelet_sim::KubeletSim;
 use attestor_tests::sandbox::{Layout, Sandbox};
 use attestor_tests::spawn::spawn_into_cgroup;
 use attestor_tests::tempdir::TempDir;
-use attestor_tests::{attestor_bin, comm, kill_and_reap, require_root, run_attestor, wait_for};
+use attestor_tests::{
+    attestor_bin, comm, ebpf_tracker, kill_and_reap, ok, require_root, run_attestor, wait_for,
+};
 use serde_json::{Value, json};
 
 // ------------------------------------------------------------------ harness
-
-fn ebpf_tracker() -> Arc<Tracker> {
-    Arc::new(
-        Tracker::start(&TrackerOptions {
-            mode: TrackerMode::Ebpf,
-            ..TrackerOptions::default()
-        })
-        .expect("eBPF tracker starts on this kernel"),
-    )
-}
-
-/// The private containerd, or `None` (test skipped) when not root or the packages are
-/// missing outside CI.
-async fn containerd() -> Option<Containerd> {
-    if !require_root() {
-        return None;
-    }
-    match Containerd::start().await {
-        Ok(cd) => Some(cd),
-        Err(StartError::Missing(what)) if std::env::var_os("CI").is_none() => {
-            eprintln!("skipped: {what} is not installed; run `cargo xtask setup`");
-            None
-        }
-        Err(e) => panic!("private containerd did not start: {e}"),
-    }
-}
-
-/// The private containerd's CRI socket (what `container_runtime_endpoint` names).
-fn socket(cd: &Containerd) -> PathBuf {
-    cd.dir().join("containerd.sock")
-}
-
-fn ok<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> T {
-    match r {
-        Ok(v) => v,
-        Err(e) => panic!("{what}: {e}"),
-    }
-}
 
 /// SPIRE's poll settings for a pipeline.
 #[derive(Debug, Clone, Copy)]
@@ -186,16 +151,127 @@ impl Kubelet {
     }
 }
 
+/// This test's node: the private containerd (the kubelet's runtime; the fast path asks it
+/// on [`Containerd::socket`]) and, for the tests that attest in this process, the eBPF
+/// tracker, started before any pod as an agent's is.
+struct Node {
+    cd: Containerd,
+    tracker: Option<Arc<Tracker>>,
+}
+
+impl Node {
+    /// The node with its tracker, or `None`: the test is skipped
+    /// ([`Containerd::start_or_skip`]).
+    async fn start() -> Option<Node> {
+        let cd = Containerd::start_or_skip().await?;
+        Some(Node {
+            cd,
+            tracker: Some(Arc::new(ebpf_tracker())),
+        })
+    }
+
+    /// The node without a tracker, for tests whose attestor is another process (the CLI,
+    /// the plugin).
+    async fn start_untracked() -> Option<Node> {
+        let cd = Containerd::start_or_skip().await?;
+        Some(Node { cd, tracker: None })
+    }
+
+    fn tracker(&self) -> &Arc<Tracker> {
+        self.tracker
+            .as_ref()
+            .expect("a node started with Node::start")
+    }
+
+    /// RunPodSandbox for `spec`.
+    async fn run(&self, spec: PodSpec) -> Pod {
+        ok("RunPodSandbox", Pod::run(&self.cd, spec).await)
+    }
+
+    /// Creates and starts `pod`'s container `name`.
+    async fn start_container(&self, pod: &mut Pod, name: &str) -> Started {
+        ok(&format!("start {name}"), pod.start(&self.cd, name).await)
+    }
+
+    /// A [`PodSpec::one_app`] pod and its `app` container, started.
+    async fn one_app(&self, name: &str, uid: &str) -> (Pod, Started) {
+        let mut pod = self.run(PodSpec::one_app(name, uid, &[])).await;
+        let app = self.start_container(&mut pod, "app").await;
+        (pod, app)
+    }
+
+    /// `pod`'s `/pods` entry as the kubelet would publish it now (from CRI).
+    async fn entry(&self, pod: &Pod) -> Value {
+        ok("pod from CRI", pod.kubelet_json(&self.cd).await)
+    }
+
+    async fn shutdown(self) {
+        self.cd.shutdown().await;
+    }
+}
+
+/// The differential set-up on a [`Node`]: the kubelet simulator (quick polls), and two
+/// pipelines on the node's tracker pointed at it: SPIRE's, and the fast path's asking the
+/// node's containerd.
+struct Differential<'a> {
+    node: &'a Node,
+    k: Kubelet,
+    fast: Attestor,
+    spire: Attestor,
+}
+
+impl<'a> Differential<'a> {
+    /// The simulator serving `pods` (what the kubelet lists before publication).
+    async fn start(node: &'a Node, pods: Vec<Value>) -> Differential<'a> {
+        let k = Kubelet::start(pods, QUICK).await;
+        let fast = k.fast(node.tracker(), node.cd.socket());
+        let spire = k.spire(node.tracker());
+        Differential {
+            node,
+            k,
+            fast,
+            spire,
+        }
+    }
+
+    /// [`assert_fast`] with the fast pipeline: `want`, answered by the node's containerd.
+    async fn assert_fast(&self, pid: i32, want: &[String], what: &str) {
+        assert_fast(&self.fast, pid, want, self.node.cd.socket(), what).await;
+    }
+
+    /// Publishes the current entries of `pods` (see [`Kubelet::publish`]).
+    async fn publish(&self, pods: &[&Pod]) {
+        let mut entries = Vec::new();
+        for pod in pods {
+            entries.push(self.node.entry(pod).await);
+        }
+        self.k.publish(entries).await;
+    }
+
+    /// The differential check of `pid`, whose status the served list lacks: the fast path
+    /// answers `want` while SPIRE's path gives up on that list; once the kubelet publishes
+    /// `pod`'s status, SPIRE answers `want` too.
+    async fn assert_fast_then_spire_after_publication(
+        &self,
+        pod: &Pod,
+        pid: i32,
+        want: &[String],
+        what: &str,
+    ) {
+        self.assert_fast(pid, want, what).await;
+        assert_gives_up(&self.spire, pid, &format!("SPIRE, {what} not listed")).await;
+        self.publish(&[pod]).await;
+        assert_kubelet(&self.spire, pid, want, &format!("SPIRE, {what} published")).await;
+    }
+
+    async fn shutdown(self) {
+        self.k.sim.shutdown().await;
+    }
+}
+
 async fn attest(a: &Attestor, pid: i32) -> (Result<Vec<String>, Status>, Trace) {
     a.attest_traced(i64::from(pid), std::future::pending())
         .await
-}
-
-fn give_up() -> Result<Vec<String>, Status> {
-    Err(Status::new(
-        Code::DeadlineExceeded,
-        "no selectors found after max poll attempts",
-    ))
 }
 
 /// An attestation the runtime answered: `want`, from the runtime, in one clean question.
@@ -274,62 +350,6 @@ fn lists(sim: &KubeletSim, id: &str) -> bool {
     String::from_utf8_lossy(&sim.current_body()).contains(id)
 }
 
-// ------------------------------------------------------------------ expected selectors
-
-/// Pod-level selectors: `sa`, `ns`, `node-name`, `pod-uid`, `pod-name`, then `extra`.
-fn pod_level(sa: &str, ns: &str, uid: &str, name: &str, extra: &[String]) -> Vec<String> {
-    let mut v = vec![
-        format!("sa:{sa}"),
-        format!("ns:{ns}"),
-        "node-name:node-1".to_owned(),
-        format!("pod-uid:{uid}"),
-        format!("pod-name:{name}"),
-    ];
-    v.extend_from_slice(extra);
-    v
-}
-
-/// `pod_level` plus the workload container's name and both image identifiers, sorted.
-fn with_container(pod_level: &[String], name: &str, tag: &str, digest: &str) -> Vec<String> {
-    let mut v: Vec<String> = pod_level.to_vec();
-    v.push(format!("container-name:{name}"));
-    v.push(format!("container-image:{tag}"));
-    v.push(format!("container-image:{digest}"));
-    v.sort();
-    v.dedup();
-    v
-}
-
-fn digest(cd: &Containerd, image: &str) -> String {
-    match cd.image(image) {
-        Some(i) => i.repo_digest(),
-        None => panic!("harness has no image {image}"),
-    }
-}
-
-/// A BestEffort pod in `default` with one app container running the workload image.
-fn one_app_pod(name: &str, uid: &str) -> PodSpec {
-    PodSpec::new(name, uid).container(Kind::App, "app", WORKLOAD_IMAGE, &[])
-}
-
-/// Selectors of the `app` container of a [`one_app_pod`].
-fn one_app_selectors(cd: &Containerd, name: &str, uid: &str) -> Vec<String> {
-    let wl = digest(cd, WORKLOAD_IMAGE);
-    let pod = pod_level(
-        "default",
-        "default",
-        uid,
-        name,
-        &[
-            "pod-image-count:1".into(),
-            "pod-init-image-count:0".into(),
-            format!("pod-image:{WORKLOAD_IMAGE}"),
-            format!("pod-image:{wl}"),
-        ],
-    );
-    with_container(&pod, "app", WORKLOAD_IMAGE, &wl)
-}
-
 // ------------------------------------------------------------------ fast path on: real pods
 
 const SINGLE_UID: &str = "0b1c2d3e-4f5a-4b6c-8d7e-8f9a0b1c2d3e";
@@ -339,10 +359,9 @@ const SINGLE_OWNER_UID: &str = "1c2d3e4f-5a6b-4c7d-9e8f-9a0b1c2d3e4f";
 /// and its answer is exactly SPIRE's once the status is published.
 #[tokio::test]
 async fn single_container_fast_answer_equals_spires_after_publication() {
-    let Some(cd) = containerd().await else {
+    let Some(node) = Node::start().await else {
         return;
     };
-    let tracker = ebpf_tracker();
     let spec = PodSpec::new("web-0", SINGLE_UID)
         .namespace("shop")
         .service_account("web")
@@ -350,13 +369,11 @@ async fn single_container_fast_answer_equals_spires_after_publication() {
         .label("app", "web")
         .owner("StatefulSet", "web", SINGLE_OWNER_UID)
         .container(Kind::App, "app", WORKLOAD_IMAGE, &[]);
-    let mut pod = ok("RunPodSandbox", Pod::run(&cd, spec).await);
-    let app = ok("start app", pod.start(&cd, "app").await);
-    let published = ok("pod from CRI", pod.kubelet_json(&cd).await);
-    let k = Kubelet::start(vec![without_container_statuses(&published)], QUICK).await;
-    let fast = k.fast(&tracker, &socket(&cd));
-    let spire = k.spire(&tracker);
-    let wl = digest(&cd, WORKLOAD_IMAGE);
+    let mut pod = node.run(spec).await;
+    let app = node.start_container(&mut pod, "app").await;
+    let published = node.entry(&pod).await;
+    let d = Differential::start(&node, vec![without_container_statuses(&published)]).await;
+    let wl = node.cd.repo_digest(WORKLOAD_IMAGE);
     let want = with_container(
         &pod_level(
             "web",
@@ -377,20 +394,20 @@ async fn single_container_fast_answer_equals_spires_after_publication() {
         WORKLOAD_IMAGE,
         &wl,
     );
-    assert_fast(&fast, app.pid, &want, &socket(&cd), "status not listed").await;
+    d.assert_fast(app.pid, &want, "status not listed").await;
     // SPIRE's path on the same list has nothing to go on.
     assert_eq!(
-        assert_gives_up(&spire, app.pid, "SPIRE, status not listed").await,
+        assert_gives_up(&d.spire, app.pid, "SPIRE, status not listed").await,
         None
     );
 
     // The kubelet publishes: SPIRE's answer is the same set.
-    k.publish(vec![published]).await;
-    assert_kubelet(&spire, app.pid, &want, "SPIRE, published").await;
+    d.k.publish(vec![published]).await;
+    assert_kubelet(&d.spire, app.pid, &want, "SPIRE, published").await;
     // With the fast path on, a listed status is used as SPIRE uses it; no runtime question.
-    assert_kubelet(&fast, app.pid, &want, "fast path on, published").await;
-    k.sim.shutdown().await;
-    cd.shutdown().await;
+    assert_kubelet(&d.fast, app.pid, &want, "fast path on, published").await;
+    d.shutdown().await;
+    node.shutdown().await;
 }
 
 const MULTI_UID: &str = "2d3e4f5a-6b7c-4d8e-8f9a-0b1c2d3e4f5a";
@@ -398,26 +415,23 @@ const MULTI_UID: &str = "2d3e4f5a-6b7c-4d8e-8f9a-0b1c2d3e4f5a";
 /// Two app containers; the kubelet has published the first one's status, not the second's.
 #[tokio::test]
 async fn multi_container_pod_with_one_status_missing() {
-    let Some(cd) = containerd().await else {
+    let Some(node) = Node::start().await else {
         return;
     };
-    let tracker = ebpf_tracker();
     let spec = PodSpec::new("web-1", MULTI_UID)
         .namespace("shop")
         .service_account("web")
         .label("app", "web")
         .container(Kind::App, "app", WORKLOAD_IMAGE, &[])
         .container(Kind::App, "metrics", TOOLS_IMAGE, &[]);
-    let mut pod = ok("RunPodSandbox", Pod::run(&cd, spec).await);
-    let app = ok("start app", pod.start(&cd, "app").await);
+    let mut pod = node.run(spec).await;
+    let app = node.start_container(&mut pod, "app").await;
     // What the kubelet shows: app running, metrics still waiting (ContainerCreating).
-    let stale = ok("pod from CRI", pod.kubelet_json(&cd).await);
-    let metrics = ok("start metrics", pod.start(&cd, "metrics").await);
-    let k = Kubelet::start(vec![stale], QUICK).await;
-    let fast = k.fast(&tracker, &socket(&cd));
-    let spire = k.spire(&tracker);
-    let wl = digest(&cd, WORKLOAD_IMAGE);
-    let tools = digest(&cd, TOOLS_IMAGE);
+    let stale = node.entry(&pod).await;
+    let metrics = node.start_container(&mut pod, "metrics").await;
+    let d = Differential::start(&node, vec![stale]).await;
+    let wl = node.cd.repo_digest(WORKLOAD_IMAGE);
+    let tools = node.cd.repo_digest(TOOLS_IMAGE);
     let both_running = pod_level(
         "web",
         "shop",
@@ -434,8 +448,8 @@ async fn multi_container_pod_with_one_status_missing() {
         ],
     );
     let want_metrics = with_container(&both_running, "metrics", TOOLS_IMAGE, &tools);
-    assert_fast(&fast, metrics.pid, &want_metrics, &socket(&cd), "metrics").await;
-    assert_gives_up(&spire, metrics.pid, "SPIRE, metrics not listed").await;
+    d.assert_fast(metrics.pid, &want_metrics, "metrics").await;
+    assert_gives_up(&d.spire, metrics.pid, "SPIRE, metrics not listed").await;
     // app's status is listed: SPIRE's answer from the stale list (metrics still waiting:
     // the spec's image and an empty imageID), not the runtime's.
     let metrics_waiting = pod_level(
@@ -454,7 +468,7 @@ async fn multi_container_pod_with_one_status_missing() {
         ],
     );
     assert_kubelet(
-        &fast,
+        &d.fast,
         app.pid,
         &with_container(&metrics_waiting, "app", WORKLOAD_IMAGE, &wl),
         "app, listed",
@@ -462,27 +476,28 @@ async fn multi_container_pod_with_one_status_missing() {
     .await;
 
     // The same from a list whose metrics entry is missing altogether.
-    let published = ok("pod from CRI", pod.kubelet_json(&cd).await);
-    k.publish(vec![unpublished(&published, &["metrics"])]).await;
-    assert_fast(&fast, metrics.pid, &want_metrics, &socket(&cd), "no entry").await;
+    let published = node.entry(&pod).await;
+    d.k.publish(vec![unpublished(&published, &["metrics"])])
+        .await;
+    d.assert_fast(metrics.pid, &want_metrics, "no entry").await;
 
-    k.publish(vec![published]).await;
+    d.k.publish(vec![published]).await;
     assert_kubelet(
-        &spire,
+        &d.spire,
         metrics.pid,
         &want_metrics,
         "SPIRE, metrics published",
     )
     .await;
     assert_kubelet(
-        &spire,
+        &d.spire,
         app.pid,
         &with_container(&both_running, "app", WORKLOAD_IMAGE, &wl),
         "SPIRE, app published",
     )
     .await;
-    k.sim.shutdown().await;
-    cd.shutdown().await;
+    d.shutdown().await;
+    node.shutdown().await;
 }
 
 const INIT_UID: &str = "3e4f5a6b-7c8d-4e9f-9a0b-1c2d3e4f5a6b";
@@ -491,22 +506,19 @@ const INIT_UID: &str = "3e4f5a6b-7c8d-4e9f-9a0b-1c2d3e4f5a6b";
 /// started (both containers waiting).
 #[tokio::test]
 async fn init_container_while_it_runs() {
-    let Some(cd) = containerd().await else {
+    let Some(node) = Node::start().await else {
         return;
     };
-    let tracker = ebpf_tracker();
     let spec = PodSpec::new("migrate-0", INIT_UID)
         .namespace("db")
         .qos(Qos::Burstable)
         .container(Kind::Init, "wait-for-db", TOOLS_IMAGE, &[])
         .container(Kind::App, "app", WORKLOAD_IMAGE, &[]);
-    let mut pod = ok("RunPodSandbox", Pod::run(&cd, spec).await);
-    let before = ok("pod from CRI", pod.kubelet_json(&cd).await);
-    let init = ok("start init", pod.start(&cd, "wait-for-db").await);
-    let k = Kubelet::start(vec![before], QUICK).await;
-    let fast = k.fast(&tracker, &socket(&cd));
-    let spire = k.spire(&tracker);
-    let tools = digest(&cd, TOOLS_IMAGE);
+    let mut pod = node.run(spec).await;
+    let before = node.entry(&pod).await;
+    let init = node.start_container(&mut pod, "wait-for-db").await;
+    let d = Differential::start(&node, vec![before]).await;
+    let tools = node.cd.repo_digest(TOOLS_IMAGE);
     // The app container is not created yet: the spec's image, an empty imageID.
     let want = with_container(
         &pod_level(
@@ -527,13 +539,10 @@ async fn init_container_while_it_runs() {
         TOOLS_IMAGE,
         &tools,
     );
-    assert_fast(&fast, init.pid, &want, &socket(&cd), "init").await;
-    assert_gives_up(&spire, init.pid, "SPIRE, init not listed").await;
-    k.publish(vec![ok("pod from CRI", pod.kubelet_json(&cd).await)])
+    d.assert_fast_then_spire_after_publication(&pod, init.pid, &want, "init")
         .await;
-    assert_kubelet(&spire, init.pid, &want, "SPIRE, init published").await;
-    k.sim.shutdown().await;
-    cd.shutdown().await;
+    d.shutdown().await;
+    node.shutdown().await;
 }
 
 const SIDECAR_UID: &str = "4f5a6b7c-8d9e-4fa0-8b1c-2d3e4f5a6b7c";
@@ -543,10 +552,9 @@ const SIDECAR_UID: &str = "4f5a6b7c-8d9e-4fa0-8b1c-2d3e4f5a6b7c";
 /// `postStart` hook included), so it is waiting in both answers.
 #[tokio::test]
 async fn native_sidecar_before_its_status_is_published() {
-    let Some(cd) = containerd().await else {
+    let Some(node) = Node::start().await else {
         return;
     };
-    let tracker = ebpf_tracker();
     let spec = PodSpec::new("api-7d9f", SIDECAR_UID)
         .namespace("shop")
         .service_account("api")
@@ -554,21 +562,22 @@ async fn native_sidecar_before_its_status_is_published() {
         .container(Kind::Init, "setup", WORKLOAD_IMAGE, &["/bin/true"])
         .container(Kind::Sidecar, "log-shipper", TOOLS_IMAGE, &[])
         .container(Kind::App, "app", WORKLOAD_IMAGE, &[]);
-    let mut pod = ok("RunPodSandbox", Pod::run(&cd, spec).await);
-    let setup = ok("start setup", pod.start(&cd, "setup").await);
-    assert_eq!(ok("setup exits", pod.wait_exited(&cd, &setup.id).await), 0);
+    let mut pod = node.run(spec).await;
+    let setup = node.start_container(&mut pod, "setup").await;
+    assert_eq!(
+        ok("setup exits", pod.wait_exited(&node.cd, &setup.id).await),
+        0
+    );
     // The kubelet has published setup's completion, nothing about the sidecar yet.
-    let before = ok("pod from CRI", pod.kubelet_json(&cd).await);
+    let before = node.entry(&pod).await;
     assert_eq!(
         before["status"]["initContainerStatuses"][0]["state"]["terminated"]["reason"],
         json!("Completed")
     );
-    let sidecar = ok("start sidecar", pod.start(&cd, "log-shipper").await);
-    let k = Kubelet::start(vec![before], QUICK).await;
-    let fast = k.fast(&tracker, &socket(&cd));
-    let spire = k.spire(&tracker);
-    let wl = digest(&cd, WORKLOAD_IMAGE);
-    let tools = digest(&cd, TOOLS_IMAGE);
+    let sidecar = node.start_container(&mut pod, "log-shipper").await;
+    let d = Differential::start(&node, vec![before]).await;
+    let wl = node.cd.repo_digest(WORKLOAD_IMAGE);
+    let tools = node.cd.repo_digest(TOOLS_IMAGE);
     let want = with_container(
         &pod_level(
             "api",
@@ -591,13 +600,10 @@ async fn native_sidecar_before_its_status_is_published() {
         TOOLS_IMAGE,
         &tools,
     );
-    assert_fast(&fast, sidecar.pid, &want, &socket(&cd), "sidecar").await;
-    assert_gives_up(&spire, sidecar.pid, "SPIRE, sidecar not listed").await;
-    k.publish(vec![ok("pod from CRI", pod.kubelet_json(&cd).await)])
+    d.assert_fast_then_spire_after_publication(&pod, sidecar.pid, &want, "sidecar")
         .await;
-    assert_kubelet(&spire, sidecar.pid, &want, "SPIRE, sidecar published").await;
-    k.sim.shutdown().await;
-    cd.shutdown().await;
+    d.shutdown().await;
+    node.shutdown().await;
 }
 
 const DEBUG_UID: &str = "5a6b7c8d-9eaf-4b0c-9c2d-3e4f5a6b7c8d";
@@ -606,27 +612,20 @@ const DEBUG_UID: &str = "5a6b7c8d-9eaf-4b0c-9c2d-3e4f5a6b7c8d";
 /// names it at once, its status comes later.
 #[tokio::test]
 async fn ephemeral_container_added_to_a_running_pod() {
-    let Some(cd) = containerd().await else {
+    let Some(node) = Node::start().await else {
         return;
     };
-    let tracker = ebpf_tracker();
-    let mut pod = ok(
-        "RunPodSandbox",
-        Pod::run(&cd, one_app_pod("app-1", DEBUG_UID)).await,
-    );
-    let app = ok("start app", pod.start(&cd, "app").await);
-    let k = Kubelet::start(vec![ok("pod from CRI", pod.kubelet_json(&cd).await)], QUICK).await;
-    let fast = k.fast(&tracker, &socket(&cd));
-    let spire = k.spire(&tracker);
-    let app_selectors = one_app_selectors(&cd, "app-1", DEBUG_UID);
-    assert_kubelet(&fast, app.pid, &app_selectors, "app").await;
+    let (mut pod, app) = node.one_app("app-1", DEBUG_UID).await;
+    let d = Differential::start(&node, vec![node.entry(&pod).await]).await;
+    let app_selectors = one_app_selectors(&node.cd, "app-1", DEBUG_UID);
+    assert_kubelet(&d.fast, app.pid, &app_selectors, "app").await;
 
     pod.add_ephemeral("debugger-x7k2", TOOLS_IMAGE, &[], Some("app"));
-    let spec_only = ok("pod from CRI", pod.kubelet_json(&cd).await);
-    let debug = ok("start debugger", pod.start(&cd, "debugger-x7k2").await);
-    k.publish(vec![spec_only]).await;
-    let wl = digest(&cd, WORKLOAD_IMAGE);
-    let tools = digest(&cd, TOOLS_IMAGE);
+    let spec_only = node.entry(&pod).await;
+    let debug = node.start_container(&mut pod, "debugger-x7k2").await;
+    d.k.publish(vec![spec_only]).await;
+    let wl = node.cd.repo_digest(WORKLOAD_IMAGE);
+    let tools = node.cd.repo_digest(TOOLS_IMAGE);
     // Ephemeral containers count in no image selector.
     let want = with_container(
         &pod_level(
@@ -645,14 +644,11 @@ async fn ephemeral_container_added_to_a_running_pod() {
         TOOLS_IMAGE,
         &tools,
     );
-    assert_fast(&fast, debug.pid, &want, &socket(&cd), "debugger").await;
-    assert_gives_up(&spire, debug.pid, "SPIRE, debugger not listed").await;
-    k.publish(vec![ok("pod from CRI", pod.kubelet_json(&cd).await)])
+    d.assert_fast_then_spire_after_publication(&pod, debug.pid, &want, "debugger")
         .await;
-    assert_kubelet(&spire, debug.pid, &want, "SPIRE, debugger published").await;
-    assert_kubelet(&spire, app.pid, &app_selectors, "SPIRE, app").await;
-    k.sim.shutdown().await;
-    cd.shutdown().await;
+    assert_kubelet(&d.spire, app.pid, &app_selectors, "SPIRE, app").await;
+    d.shutdown().await;
+    node.shutdown().await;
 }
 
 const RESTART_UID: &str = "6b7c8d9e-afb0-4c1d-8d3e-4f5a6b7c8d9e";
@@ -661,37 +657,27 @@ const RESTART_UID: &str = "6b7c8d9e-afb0-4c1d-8d3e-4f5a6b7c8d9e";
 /// new instance gets the same answer from the runtime as from SPIRE after publication.
 #[tokio::test]
 async fn restarted_container_while_the_list_names_the_old_instance() {
-    let Some(cd) = containerd().await else {
+    let Some(node) = Node::start().await else {
         return;
     };
-    let tracker = ebpf_tracker();
-    let mut pod = ok(
-        "RunPodSandbox",
-        Pod::run(&cd, one_app_pod("worker-0", RESTART_UID)).await,
-    );
-    let first = ok("start app", pod.start(&cd, "app").await);
-    let stale = ok("pod from CRI", pod.kubelet_json(&cd).await);
-    let k = Kubelet::start(vec![stale.clone()], QUICK).await;
-    let fast = k.fast(&tracker, &socket(&cd));
-    let spire = k.spire(&tracker);
-    let want = one_app_selectors(&cd, "worker-0", RESTART_UID);
-    assert_kubelet(&fast, first.pid, &want, "first instance").await;
+    let (mut pod, first) = node.one_app("worker-0", RESTART_UID).await;
+    let stale = node.entry(&pod).await;
+    let d = Differential::start(&node, vec![stale.clone()]).await;
+    let want = one_app_selectors(&node.cd, "worker-0", RESTART_UID);
+    assert_kubelet(&d.fast, first.pid, &want, "first instance").await;
 
-    let second = ok("restart app", pod.restart(&cd, "app").await);
+    let second = ok("restart app", pod.restart(&node.cd, "app").await);
     assert_ne!(second.id, first.id);
     assert_eq!(
         stale["status"]["containerStatuses"][0]["containerID"],
         json!(format!("containerd://{}", first.id)),
         "the list served names the old instance"
     );
-    assert!(!lists(&k.sim, &second.id));
-    assert_fast(&fast, second.pid, &want, &socket(&cd), "second instance").await;
-    assert_gives_up(&spire, second.pid, "SPIRE, second not listed").await;
-    k.publish(vec![ok("pod from CRI", pod.kubelet_json(&cd).await)])
+    assert!(!lists(&d.k.sim, &second.id));
+    d.assert_fast_then_spire_after_publication(&pod, second.pid, &want, "second instance")
         .await;
-    assert_kubelet(&spire, second.pid, &want, "SPIRE, second published").await;
-    k.sim.shutdown().await;
-    cd.shutdown().await;
+    d.shutdown().await;
+    node.shutdown().await;
 }
 
 // ------------------------------------------------------------------ other surfaces
@@ -705,8 +691,10 @@ fn cli(args: Vec<String>) -> tokio::task::JoinHandle<(Option<i32>, String, Strin
     })
 }
 
-fn explain_args(pid: i32, config: &Path) -> Vec<String> {
-    vec![
+/// `attestor explain --pid <pid> --config <config> --output json`: the exit code, the JSON
+/// it printed, and its stderr.
+async fn explain(pid: i32, config: &Path) -> (Option<i32>, Value, String) {
+    let args = vec![
         "explain".into(),
         "--pid".into(),
         pid.to_string(),
@@ -714,7 +702,13 @@ fn explain_args(pid: i32, config: &Path) -> Vec<String> {
         config.display().to_string(),
         "--output".into(),
         "json".into(),
-    ]
+    ];
+    let (code, out, err) = ok("join", cli(args).await);
+    let v = ok(
+        &format!("explain JSON (exit code {code:?}, stderr {err:?})"),
+        serde_json::from_str(&out),
+    );
+    (code, v, err)
 }
 
 fn prefixed(selectors: &[String]) -> Vec<String> {
@@ -725,19 +719,17 @@ fn prefixed(selectors: &[String]) -> Vec<String> {
 /// on, before the status is published; explain in SPIRE mode for contrast.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_attest_and_explain_answer_from_the_runtime() {
-    let Some(cd) = containerd().await else {
+    let Some(node) = Node::start_untracked().await else {
         return;
     };
-    let mut pod = ok(
-        "RunPodSandbox",
-        Pod::run(&cd, one_app_pod("cli-0", CLI_UID)).await,
-    );
-    let app = ok("start app", pod.start(&cd, "app").await);
-    let published = ok("pod from CRI", pod.kubelet_json(&cd).await);
+    let (pod, app) = node.one_app("cli-0", CLI_UID).await;
+    let published = node.entry(&pod).await;
     let k = Kubelet::start(vec![without_container_statuses(&published)], QUICK).await;
-    let with_runtime = k.dir.write("fast.hcl", k.plugin_data(Some(&socket(&cd))));
+    let with_runtime = k
+        .dir
+        .write("fast.hcl", k.plugin_data(Some(node.cd.socket())));
     let without = k.dir.write("spire.hcl", k.plugin_data(None));
-    let want = one_app_selectors(&cd, "cli-0", CLI_UID);
+    let want = one_app_selectors(&node.cd, "cli-0", CLI_UID);
 
     let attest_args = vec![
         "attest".into(),
@@ -750,13 +742,12 @@ async fn cli_attest_and_explain_answer_from_the_runtime() {
     assert_eq!(code, Some(0), "attest: {err}");
     assert_eq!(out.lines().collect::<Vec<_>>(), prefixed(&want), "{err}");
 
-    let (code, out, err) = ok("join", cli(explain_args(app.pid, &with_runtime)).await);
+    let (code, v, err) = explain(app.pid, &with_runtime).await;
     assert_eq!(code, Some(0), "explain: {err}");
-    let v: Value = ok("explain JSON", serde_json::from_str(&out));
     assert_eq!(v["source"], json!("runtime"), "{v}");
     assert_eq!(
         v["runtime"]["endpoint"],
-        json!(format!("unix://{}", socket(&cd).display())),
+        json!(format!("unix://{}", node.cd.socket().display())),
         "{v}"
     );
     assert_eq!(v["runtime"]["fallback"], Value::Null, "{v}");
@@ -764,9 +755,8 @@ async fn cli_attest_and_explain_answer_from_the_runtime() {
     assert_eq!(v["outcome"], json!({"selectors": prefixed(&want)}), "{v}");
 
     // SPIRE mode on the same list: no runtime, SPIRE's give-up.
-    let (code, out, _) = ok("join", cli(explain_args(app.pid, &without)).await);
+    let (code, v, _) = explain(app.pid, &without).await;
     assert_eq!(code, Some(1));
-    let v: Value = ok("explain JSON", serde_json::from_str(&out));
     assert_eq!(v["runtime"], Value::Null, "{v}");
     assert_eq!(v["source"], Value::Null, "{v}");
     assert_eq!(
@@ -778,137 +768,12 @@ async fn cli_attest_and_explain_answer_from_the_runtime() {
 
     // Published: SPIRE mode answers the same set, from the kubelet.
     k.publish(vec![published]).await;
-    let (code, out, err) = ok("join", cli(explain_args(app.pid, &without)).await);
+    let (code, v, err) = explain(app.pid, &without).await;
     assert_eq!(code, Some(0), "explain: {err}");
-    let v: Value = ok("explain JSON", serde_json::from_str(&out));
     assert_eq!(v["source"], json!("kubelet"), "{v}");
     assert_eq!(v["outcome"], json!({"selectors": prefixed(&want)}), "{v}");
     k.sim.shutdown().await;
-    cd.shutdown().await;
-}
-
-/// Builds the Go host of `plugin.rs` once per test binary (GOPATH mode against
-/// /usr/share/gocode), into its own file.
-fn go_host() -> &'static Path {
-    static HOST: OnceLock<PathBuf> = OnceLock::new();
-    HOST.get_or_init(|| {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("go-host");
-        let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-host");
-        let bin = work.join("attestor-go-host-cri");
-        let status = Command::new("go")
-            .args(["build", "-o"])
-            .arg(&bin)
-            .arg(".")
-            .current_dir(&src)
-            .env("GO111MODULE", "off")
-            .env(
-                "GOPATH",
-                format!("{}:/usr/share/gocode", work.join("gopath").display()),
-            )
-            .env("GOCACHE", work.join("cache"))
-            .env("GOFLAGS", "")
-            .status()
-            .unwrap_or_else(|e| {
-                panic!("cannot run `go` ({e}): run `cargo xtask setup` (installs golang-go and go-plugin)")
-            });
-        assert!(status.success(), "go build of tests/go-host failed");
-        bin
-    })
-}
-
-/// The Go host driving the real plugin binary as the SPIRE agent does (one JSON command
-/// per line; see `plugin.rs`). Its log is printed if the test fails.
-struct GoHost {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-    log: PathBuf,
-}
-
-impl GoHost {
-    fn start(log_dir: &Path) -> GoHost {
-        let log = log_dir.join("go-host.log");
-        let file = ok("host log file", std::fs::File::create(&log));
-        let mut child = ok(
-            "start the Go host",
-            Command::new(go_host())
-                .arg("-plugin")
-                .arg(attestor_bin())
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(file)
-                .spawn(),
-        );
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        GoHost {
-            child,
-            stdin: Some(stdin),
-            stdout,
-            log,
-        }
-    }
-
-    /// One command; blocks this worker thread (the simulator runs on the other).
-    fn call(&mut self, cmd: Value) -> Value {
-        tokio::task::block_in_place(|| {
-            let stdin = self.stdin.as_mut().expect("host stdin open");
-            writeln!(stdin, "{cmd}").expect("write to the Go host");
-            let mut line = String::new();
-            self.stdout.read_line(&mut line).expect("read the Go host");
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{cmd}: bad reply {line:?}: {e}"))
-        })
-    }
-
-    fn code(r: &Value) -> (String, String) {
-        (
-            r["code"].as_str().unwrap_or("?").to_string(),
-            r["message"].as_str().unwrap_or("?").to_string(),
-        )
-    }
-
-    fn configure(&mut self, hcl: &str) {
-        let r = self.call(json!({"op": "configure", "hcl": hcl}));
-        assert_eq!(
-            Self::code(&r),
-            ("OK".into(), String::new()),
-            "configure: {r}"
-        );
-    }
-
-    /// `Attest(pid)`: selector values, or the gRPC code and message.
-    fn attest(&mut self, pid: i32) -> Result<Vec<String>, (String, String)> {
-        let r = self.call(json!({"op": "attest", "pid": pid}));
-        match Self::code(&r) {
-            (c, _) if c == "OK" => {
-                Ok(serde_json::from_value(r["selectors"].clone()).expect("selectors"))
-            }
-            other => Err(other),
-        }
-    }
-}
-
-impl Drop for GoHost {
-    fn drop(&mut self) {
-        // Closing stdin makes the host kill its plugin and exit; SIGKILL only if it does not.
-        self.stdin = None;
-        if wait_for(Duration::from_secs(5), || {
-            self.child.try_wait().ok().flatten()
-        })
-        .is_none()
-        {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            eprintln!("--- Go host log ({}), last 100 lines:", self.log.display());
-            for l in &lines[lines.len().saturating_sub(100)..] {
-                eprintln!("{l}");
-            }
-        }
-    }
+    node.shutdown().await;
 }
 
 const PLUGIN_UID: &str = "8d9eafb0-c1d2-4e3f-8f5a-6b7c8d9eafb0";
@@ -917,26 +782,35 @@ const PLUGIN_UID: &str = "8d9eafb0-c1d2-4e3f-8f5a-6b7c8d9eafb0";
 /// answers before the status is published; reconfigured without it, SPIRE's give-up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_plugin_attest_answers_from_the_runtime() {
-    let Some(cd) = containerd().await else {
+    let Some(node) = Node::start_untracked().await else {
         return;
     };
-    let mut pod = ok(
-        "RunPodSandbox",
-        Pod::run(&cd, one_app_pod("plugin-0", PLUGIN_UID)).await,
-    );
-    let app = ok("start app", pod.start(&cd, "app").await);
-    let published = ok("pod from CRI", pod.kubelet_json(&cd).await);
+    let (pod, app) = node.one_app("plugin-0", PLUGIN_UID).await;
+    let published = node.entry(&pod).await;
     let k = Kubelet::start(vec![without_container_statuses(&published)], QUICK).await;
-    let want = one_app_selectors(&cd, "plugin-0", PLUGIN_UID);
-    let mut host = GoHost::start(k.dir.path());
+    let want = one_app_selectors(&node.cd, "plugin-0", PLUGIN_UID);
+    // The Go host of `plugin.rs`, driving the real binary as the SPIRE agent does; each
+    // call blocks this worker thread (the simulator runs on the other).
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let mut host = GoHost::start(Command::new(GoHost::binary(tmp)), &attestor_bin(), tmp);
     let r = host.call(json!({"op": "load"}));
     assert_eq!(r["ok"], true, "load: {r}");
+    let configured = ("OK".to_string(), String::new());
 
-    host.configure(&k.plugin_data(Some(&socket(&cd))));
-    assert_eq!(host.attest(app.pid), Ok(want.clone()), "fast path on");
-    host.configure(&k.plugin_data(None));
+    let fast = k.plugin_data(Some(node.cd.socket()));
+    assert_eq!(host.configure(&fast), configured, "configure, fast path on");
     assert_eq!(
-        host.attest(app.pid),
+        host.attest_result(app.pid),
+        Ok(want.clone()),
+        "fast path on"
+    );
+    assert_eq!(
+        host.configure(&k.plugin_data(None)),
+        configured,
+        "configure, SPIRE mode"
+    );
+    assert_eq!(
+        host.attest_result(app.pid),
         Err((
             "DeadlineExceeded".into(),
             "no selectors found after max poll attempts".into()
@@ -945,24 +819,24 @@ async fn go_plugin_attest_answers_from_the_runtime() {
     );
     k.publish(vec![published]).await;
     assert_eq!(
-        host.attest(app.pid),
+        host.attest_result(app.pid),
         Ok(want.clone()),
         "SPIRE mode, published"
     );
-    host.configure(&k.plugin_data(Some(&socket(&cd))));
-    assert_eq!(host.attest(app.pid), Ok(want), "fast path on, published");
+    assert_eq!(host.configure(&fast), configured, "configure, fast path on");
+    assert_eq!(
+        host.attest_result(app.pid),
+        Ok(want),
+        "fast path on, published"
+    );
 
     let r = host.call(json!({"op": "deinit"}));
-    assert_eq!(
-        GoHost::code(&r),
-        ("OK".into(), String::new()),
-        "deinit: {r}"
-    );
+    assert_eq!(go_host::code(&r), configured, "deinit: {r}");
     let r = host.call(json!({"op": "kill"}));
     assert_eq!(r["graceful"], true, "kill: {r}");
     drop(host);
     k.sim.shutdown().await;
-    cd.shutdown().await;
+    node.shutdown().await;
 }
 
 // ------------------------------------------------------------------ postStart
@@ -1005,39 +879,33 @@ async fn attest_behind_a_post_start_hook(
 /// the hook fails); the fast path attests it, and its answer is SPIRE's once published.
 #[tokio::test]
 async fn post_start_hook_deadlock_is_broken_by_the_runtime() {
-    let Some(cd) = containerd().await else {
+    let Some(node) = Node::start().await else {
         return;
     };
-    let tracker = ebpf_tracker();
-    let mut pod = ok(
-        "RunPodSandbox",
-        Pod::run(&cd, one_app_pod("hooked-0", HOOK_UID)).await,
-    );
-    let before = ok("pod from CRI", pod.kubelet_json(&cd).await);
-    let app = ok("start app", pod.start(&cd, "app").await);
-    let published = ok("pod from CRI", pod.kubelet_json(&cd).await);
-    let k = Kubelet::start(vec![before], QUICK).await;
-    let fast = k.fast(&tracker, &socket(&cd));
-    let spire = k.spire(&tracker);
-    let want = one_app_selectors(&cd, "hooked-0", HOOK_UID);
+    let mut pod = node.run(PodSpec::one_app("hooked-0", HOOK_UID, &[])).await;
+    let before = node.entry(&pod).await;
+    let app = node.start_container(&mut pod, "app").await;
+    let published = node.entry(&pod).await;
+    let d = Differential::start(&node, vec![before]).await;
+    let want = one_app_selectors(&node.cd, "hooked-0", HOOK_UID);
 
     let (result, trace, was_published) =
-        attest_behind_a_post_start_hook(&k, &spire, app.pid, &published).await;
+        attest_behind_a_post_start_hook(&d.k, &d.spire, app.pid, &published).await;
     assert_eq!(result, give_up(), "SPIRE: deadlock until max poll attempts");
     assert!(trace.runtime.is_none());
     assert!(!was_published);
-    assert!(!lists(&k.sim, &app.id), "status still withheld");
+    assert!(!lists(&d.k.sim, &app.id), "status still withheld");
 
     let (result, trace, was_published) =
-        attest_behind_a_post_start_hook(&k, &fast, app.pid, &published).await;
+        attest_behind_a_post_start_hook(&d.k, &d.fast, app.pid, &published).await;
     assert_eq!(result.as_deref(), Ok(&want[..]), "fast path attests");
     assert_eq!(trace.source, Some(Source::Runtime));
     assert!(was_published, "the hook returned and the kubelet published");
-    assert!(lists(&k.sim, &app.id));
-    tokio::time::sleep(k.poll.every * 2).await;
-    assert_kubelet(&spire, app.pid, &want, "SPIRE, after the hook").await;
-    k.sim.shutdown().await;
-    cd.shutdown().await;
+    assert!(lists(&d.k.sim, &app.id));
+    tokio::time::sleep(d.k.poll.every * 2).await;
+    assert_kubelet(&d.spire, app.pid, &want, "SPIRE, after the hook").await;
+    d.shutdown().await;
+    node.shutdown().await;
 }
 
 // ------------------------------------------------------------------ fast path off
@@ -1048,35 +916,30 @@ const OFF_UID: &str = "afb0c1d2-e3f4-4a5b-8c7d-8e9fa0b1c2d3";
 /// the status is missing, found once published; the runtime is never asked.
 #[tokio::test]
 async fn fast_path_off_is_spires_behaviour() {
-    let Some(cd) = containerd().await else {
+    let Some(node) = Node::start().await else {
         return;
     };
-    let tracker = ebpf_tracker();
-    let mut pod = ok(
-        "RunPodSandbox",
-        Pod::run(&cd, one_app_pod("plain-0", OFF_UID)).await,
-    );
-    let before = ok("pod from CRI", pod.kubelet_json(&cd).await);
-    let app = ok("start app", pod.start(&cd, "app").await);
+    let mut pod = node.run(PodSpec::one_app("plain-0", OFF_UID, &[])).await;
+    let before = node.entry(&pod).await;
+    let app = node.start_container(&mut pod, "app").await;
     let k = Kubelet::start(vec![before.clone()], QUICK).await;
-    let spire = k.spire(&tracker);
+    let spire = k.spire(node.tracker());
     assert_eq!(
         assert_gives_up(&spire, app.pid, "waiting status").await,
         None
     );
     k.publish(vec![without_container_statuses(&before)]).await;
     assert_eq!(assert_gives_up(&spire, app.pid, "no statuses").await, None);
-    k.publish(vec![ok("pod from CRI", pod.kubelet_json(&cd).await)])
-        .await;
+    k.publish(vec![node.entry(&pod).await]).await;
     assert_kubelet(
         &spire,
         app.pid,
-        &one_app_selectors(&cd, "plain-0", OFF_UID),
+        &one_app_selectors(&node.cd, "plain-0", OFF_UID),
         "published",
     )
     .await;
     k.sim.shutdown().await;
-    cd.shutdown().await;
+    node.shutdown().await;
 }
 
 // ------------------------------------------------------------------ fallbacks: real runtime
@@ -1087,19 +950,14 @@ const MISSING_UID: &str = "b0c1d2e3-f4a5-4b6c-9d8e-9fa0b1c2d3e4";
 /// `explain` says which socket was unreachable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_runtime_socket_gives_spires_outcome() {
-    let Some(cd) = containerd().await else {
+    let Some(node) = Node::start().await else {
         return;
     };
-    let tracker = ebpf_tracker();
-    let mut pod = ok(
-        "RunPodSandbox",
-        Pod::run(&cd, one_app_pod("nosock-0", MISSING_UID)).await,
-    );
-    let app = ok("start app", pod.start(&cd, "app").await);
-    let published = ok("pod from CRI", pod.kubelet_json(&cd).await);
+    let (pod, app) = node.one_app("nosock-0", MISSING_UID).await;
+    let published = node.entry(&pod).await;
     let k = Kubelet::start(vec![without_container_statuses(&published)], QUICK).await;
     let missing = k.dir.path().join("no-such-runtime.sock");
-    let fast = k.fast(&tracker, &missing);
+    let fast = k.fast(node.tracker(), &missing);
     let why = assert_gives_up(&fast, app.pid, "socket missing")
         .await
         .expect("a fallback reason");
@@ -1110,9 +968,8 @@ async fn missing_runtime_socket_gives_spires_outcome() {
     assert!(why.contains("No such file or directory"), "{why}");
 
     let config = k.dir.write("missing.hcl", k.plugin_data(Some(&missing)));
-    let (code, out, _) = ok("join", cli(explain_args(app.pid, &config)).await);
+    let (code, v, _) = explain(app.pid, &config).await;
     assert_eq!(code, Some(1));
-    let v: Value = ok("explain JSON", serde_json::from_str(&out));
     assert_eq!(
         v["outcome"]["error"]["code"],
         json!("DeadlineExceeded"),
@@ -1129,12 +986,12 @@ async fn missing_runtime_socket_gives_spires_outcome() {
     assert_kubelet(
         &fast,
         app.pid,
-        &one_app_selectors(&cd, "nosock-0", MISSING_UID),
+        &one_app_selectors(&node.cd, "nosock-0", MISSING_UID),
         "published",
     )
     .await;
     k.sim.shutdown().await;
-    cd.shutdown().await;
+    node.shutdown().await;
 }
 
 const PAUSE_UID: &str = "c1d2e3f4-a5b6-4c7d-8e9f-a0b1c2d3e4f5";
@@ -1143,18 +1000,13 @@ const PAUSE_UID: &str = "c1d2e3f4-a5b6-4c7d-8e9f-a0b1c2d3e4f5";
 /// no container to CRI: SPIRE's give-up, whatever the kubelet publishes.
 #[tokio::test]
 async fn pause_process_is_a_container_the_runtime_does_not_know() {
-    let Some(cd) = containerd().await else {
+    let Some(node) = Node::start().await else {
         return;
     };
-    let tracker = ebpf_tracker();
-    let mut pod = ok(
-        "RunPodSandbox",
-        Pod::run(&cd, one_app_pod("paused-0", PAUSE_UID)).await,
-    );
-    let app = ok("start app", pod.start(&cd, "app").await);
-    let pause = ok("sandbox pid", pod.sandbox_pid(&cd).await);
-    let k = Kubelet::start(vec![ok("pod from CRI", pod.kubelet_json(&cd).await)], QUICK).await;
-    let fast = k.fast(&tracker, &socket(&cd));
+    let (pod, app) = node.one_app("paused-0", PAUSE_UID).await;
+    let pause = ok("sandbox pid", pod.sandbox_pid(&node.cd).await);
+    let k = Kubelet::start(vec![node.entry(&pod).await], QUICK).await;
+    let fast = k.fast(node.tracker(), node.cd.socket());
     let why = assert_gives_up(&fast, pause, "pause process")
         .await
         .expect("a fallback reason");
@@ -1168,12 +1020,12 @@ async fn pause_process_is_a_container_the_runtime_does_not_know() {
     assert_kubelet(
         &fast,
         app.pid,
-        &one_app_selectors(&cd, "paused-0", PAUSE_UID),
+        &one_app_selectors(&node.cd, "paused-0", PAUSE_UID),
         "app",
     )
     .await;
     k.sim.shutdown().await;
-    cd.shutdown().await;
+    node.shutdown().await;
 }
 
 const VICTIM_UID: &str = "d2e3f4a5-b6c7-4d8e-9fa0-b1c2d3e4f5a6";
@@ -1186,27 +1038,22 @@ const IMPOSTOR_UID: &str = "e3f4a5b6-c7d8-4e9f-8a0b-c2d3e4f5a6b7";
 /// the label, so B's status even names this one), SPIRE gives up too: the cgroup's pod is A.
 #[tokio::test]
 async fn labels_claiming_another_pods_uid_are_refused() {
-    let Some(cd) = containerd().await else {
+    let Some(node) = Node::start().await else {
         return;
     };
-    let tracker = ebpf_tracker();
-    let mut a = ok(
-        "RunPodSandbox A",
-        Pod::run(&cd, one_app_pod("frontend-0", IMPOSTOR_UID)).await,
-    );
-    let b = ok(
-        "RunPodSandbox B",
-        Pod::run(
-            &cd,
+    let mut a = node
+        .run(PodSpec::one_app("frontend-0", IMPOSTOR_UID, &[]))
+        .await;
+    let b = node
+        .run(
             PodSpec::new("vault-0", VICTIM_UID)
                 .namespace("payments")
                 .service_account("vault")
                 .container(Kind::App, "app", TOOLS_IMAGE, &[]),
         )
-        .await,
-    );
-    let a_app = ok("start A's app", a.start(&cd, "app").await);
-    let b_before = ok("B from CRI", b.kubelet_json(&cd).await);
+        .await;
+    let a_app = node.start_container(&mut a, "app").await;
+    let b_before = node.entry(&b).await;
     let claims = [
         (LABEL_POD_UID, VICTIM_UID),
         (LABEL_POD_NAMESPACE, "payments"),
@@ -1214,38 +1061,36 @@ async fn labels_claiming_another_pods_uid_are_refused() {
     ];
     let impostor = ok(
         "start the impostor",
-        a.start_labelled(&cd, "app", &claims).await,
+        a.start_labelled(&node.cd, "app", &claims).await,
     );
-    let a_json = ok("A from CRI", a.kubelet_json(&cd).await);
+    let a_json = node.entry(&a).await;
     assert!(
         !a_json.to_string().contains(&impostor.id),
         "A's status does not list it"
     );
-    let k = Kubelet::start(vec![a_json.clone(), b_before], QUICK).await;
-    let fast = k.fast(&tracker, &socket(&cd));
-    let spire = k.spire(&tracker);
-    let why = assert_gives_up(&fast, impostor.pid, "impostor")
+    let d = Differential::start(&node, vec![a_json.clone(), b_before]).await;
+    let why = assert_gives_up(&d.fast, impostor.pid, "impostor")
         .await
         .expect("a fallback reason");
     assert_eq!(
         why,
         format!("runtime pod UID {VICTIM_UID} differs from the cgroup's pod UID {IMPOSTOR_UID}")
     );
-    let a_selectors = one_app_selectors(&cd, "frontend-0", IMPOSTOR_UID);
-    assert_kubelet(&fast, a_app.pid, &a_selectors, "A's own app").await;
+    let a_selectors = one_app_selectors(&node.cd, "frontend-0", IMPOSTOR_UID);
+    assert_kubelet(&d.fast, a_app.pid, &a_selectors, "A's own app").await;
 
     // The kubelet publishes what it reads by label: B's `app` status is the impostor's.
-    let b_after = ok("B from CRI", b.kubelet_json(&cd).await);
+    let b_after = node.entry(&b).await;
     assert_eq!(
         b_after["status"]["containerStatuses"][0]["containerID"],
         json!(format!("containerd://{}", impostor.id))
     );
-    k.publish(vec![a_json, b_after]).await;
-    assert_gives_up(&spire, impostor.pid, "SPIRE, published").await;
-    assert_gives_up(&fast, impostor.pid, "fast path on, published").await;
-    assert_kubelet(&spire, a_app.pid, &a_selectors, "SPIRE, A's app").await;
-    k.sim.shutdown().await;
-    cd.shutdown().await;
+    d.k.publish(vec![a_json, b_after]).await;
+    assert_gives_up(&d.spire, impostor.pid, "SPIRE, published").await;
+    assert_gives_up(&d.fast, impostor.pid, "fast path on, published").await;
+    assert_kubelet(&d.spire, a_app.pid, &a_selectors, "SPIRE, A's app").await;
+    d.shutdown().await;
+    node.shutdown().await;
 }
 
 const NS_UID: &str = "f4a5b6c7-d8e9-4fa0-9b1c-d3e4f5a6b7c8";
@@ -1256,40 +1101,33 @@ const NAME_UID: &str = "a5b6c7d8-e9fa-4b0c-8d2e-e4f5a6b7c8d9";
 /// by UID and container name), SPIRE's answer is the listed pod's.
 #[tokio::test]
 async fn labels_disagreeing_with_the_pod_list_are_refused() {
-    let Some(cd) = containerd().await else {
+    let Some(node) = Node::start().await else {
         return;
     };
-    let tracker = ebpf_tracker();
-    let mut ns_pod = ok(
-        "RunPodSandbox",
-        Pod::run(&cd, one_app_pod("ns-probe-0", NS_UID)).await,
-    );
-    let mut name_pod = ok(
-        "RunPodSandbox",
-        Pod::run(&cd, one_app_pod("name-probe-0", NAME_UID)).await,
-    );
-    let ns_before = ok("pod from CRI", ns_pod.kubelet_json(&cd).await);
-    let name_before = ok("pod from CRI", name_pod.kubelet_json(&cd).await);
+    let mut ns_pod = node.run(PodSpec::one_app("ns-probe-0", NS_UID, &[])).await;
+    let mut name_pod = node
+        .run(PodSpec::one_app("name-probe-0", NAME_UID, &[]))
+        .await;
+    let ns_before = node.entry(&ns_pod).await;
+    let name_before = node.entry(&name_pod).await;
     let ns_liar = ok(
         "start",
         ns_pod
-            .start_labelled(&cd, "app", &[(LABEL_POD_NAMESPACE, "kube-system")])
+            .start_labelled(&node.cd, "app", &[(LABEL_POD_NAMESPACE, "kube-system")])
             .await,
     );
     let name_liar = ok(
         "start",
         name_pod
-            .start_labelled(&cd, "app", &[(LABEL_POD_NAME, "kube-proxy-x7k2")])
+            .start_labelled(&node.cd, "app", &[(LABEL_POD_NAME, "kube-proxy-x7k2")])
             .await,
     );
-    let k = Kubelet::start(vec![ns_before, name_before], QUICK).await;
-    let fast = k.fast(&tracker, &socket(&cd));
-    let spire = k.spire(&tracker);
+    let d = Differential::start(&node, vec![ns_before, name_before]).await;
     for (pid, field, claim, listed) in [
         (ns_liar.pid, "namespace", "kube-system", "default"),
         (name_liar.pid, "name", "kube-proxy-x7k2", "name-probe-0"),
     ] {
-        let why = assert_gives_up(&fast, pid, field)
+        let why = assert_gives_up(&d.fast, pid, field)
             .await
             .expect("a fallback reason");
         assert!(
@@ -1300,27 +1138,23 @@ async fn labels_disagreeing_with_the_pod_list_are_refused() {
             "{why}"
         );
     }
-    k.publish(vec![
-        ok("pod from CRI", ns_pod.kubelet_json(&cd).await),
-        ok("pod from CRI", name_pod.kubelet_json(&cd).await),
-    ])
-    .await;
+    d.publish(&[&ns_pod, &name_pod]).await;
     assert_kubelet(
-        &spire,
+        &d.spire,
         ns_liar.pid,
-        &one_app_selectors(&cd, "ns-probe-0", NS_UID),
+        &one_app_selectors(&node.cd, "ns-probe-0", NS_UID),
         "SPIRE, namespace liar published",
     )
     .await;
     assert_kubelet(
-        &spire,
+        &d.spire,
         name_liar.pid,
-        &one_app_selectors(&cd, "name-probe-0", NAME_UID),
+        &one_app_selectors(&node.cd, "name-probe-0", NAME_UID),
         "SPIRE, name liar published",
     )
     .await;
-    k.sim.shutdown().await;
-    cd.shutdown().await;
+    d.shutdown().await;
+    node.shutdown().await;
 }
 
 // ------------------------------------------------------------------ fallbacks: fake runtimes
@@ -1461,7 +1295,7 @@ struct Fallback {
 /// both give SPIRE's answer.
 async fn fake_fallback(behaviour: Behaviour, poll: Poll) -> Option<Fallback> {
     let world = fake_world()?;
-    let tracker = ebpf_tracker();
+    let tracker = Arc::new(ebpf_tracker());
     let fake = world.runtime(behaviour);
     let k = Kubelet::start(vec![fake_pod(false)], poll).await;
     let fast = k.fast(&tracker, fake.socket());
@@ -1500,7 +1334,7 @@ async fn fake_runtime_answering_like_containerd_gives_the_published_selectors() 
     let Some(world) = fake_world() else {
         return;
     };
-    let tracker = ebpf_tracker();
+    let tracker = Arc::new(ebpf_tracker());
     let fake = world.runtime(Behaviour::Answer {
         statuses: [(FAKE_CID.to_string(), fake_status(FAKE_CID, FAKE_POD))].into(),
         delay: Duration::ZERO,

@@ -1,20 +1,21 @@
 //! The SPIRE plugin surface, loaded by HashiCorp's real go-plugin client.
 //!
-//! `tests/go-host` (Go, built here into `target/tmp/go-host` against Debian's go-plugin 1.0.1)
-//! loads `attestor-test-plugin` exactly as the SPIRE agent loads `plugin_cmd`: magic cookie,
-//! gRPC only, no AutoMTLS, SHA-256 checksum, `broker.Accept(1)` with the metrics host
-//! service, then Init → Configure → Attest → Deinit → Kill. The plugin runs the real plugin
-//! server with the test attestor (real eBPF tracker, selectors from the cgroup path), and the
-//! processes attested are real, in kubelet-style cgroups.
+//! `tests/go-host` (Go, built here into `target/tmp/go-host` against Debian's go-plugin 1.0.1,
+//! driven through `attestor_tests::go_host`) loads `attestor-test-plugin` exactly as the
+//! SPIRE agent loads `plugin_cmd`: magic cookie, gRPC only, no AutoMTLS, SHA-256 checksum,
+//! `broker.Accept(1)` with the metrics host service, then Init → Configure → Attest → Deinit
+//! → Kill. The plugin runs the real plugin server with the test attestor (real eBPF tracker,
+//! selectors from the cgroup path), and the processes attested are real, in kubelet-style
+//! cgroups.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::OnceLock;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use attestor::plugin::handshake::AUTO_MTLS_REFUSED;
 use attestor_tests::cart::{POD_UID, app_hex, cart_pod, expected_app_selectors};
+use attestor_tests::go_host::{GoHost, code};
 use attestor_tests::kubelet_sim::{KubeletSim, generate_pods};
 use attestor_tests::sandbox::{Layout, Sandbox};
 use attestor_tests::spawn::spawn_into_cgroup;
@@ -30,183 +31,39 @@ const CID_B: &str = "b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8
 const CID_HOLD: &str = "c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2";
 const CID_PANIC: &str = "d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3";
 
-const SERVICES: [&str; 2] = [
-    "spire.plugin.agent.workloadattestor.v1.WorkloadAttestor",
-    "spire.service.common.config.v1.Config",
-];
+/// This test binary's scratch directory: the Go host is built and logs there.
+fn tmp() -> &'static Path {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+}
 
-/// Builds the Go host once per test binary (GOPATH mode against /usr/share/gocode).
+/// The Go host binary (built once per test binary).
 fn go_host() -> &'static Path {
-    static HOST: OnceLock<PathBuf> = OnceLock::new();
-    HOST.get_or_init(|| {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("go-host");
-        let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-host");
-        let bin = work.join("attestor-go-host");
-        let status = Command::new("go")
-            .args(["build", "-o"])
-            .arg(&bin)
-            .arg(".")
-            .current_dir(&src)
-            .env("GO111MODULE", "off")
-            .env(
-                "GOPATH",
-                format!("{}:/usr/share/gocode", work.join("gopath").display()),
-            )
-            .env("GOCACHE", work.join("cache"))
-            .env("GOFLAGS", "")
-            .status()
-            .unwrap_or_else(|e| {
-                panic!("cannot run `go` ({e}): run `cargo xtask setup` (installs golang-go and go-plugin)")
-            });
-        assert!(status.success(), "go build of tests/go-host failed");
-        bin
-    })
+    GoHost::binary(tmp())
 }
 
-/// A running Go host: one JSON command in, one JSON result out. Its log (hclog JSON: the
-/// host's and the plugin's relayed stderr) goes to a file, printed if the test fails.
-struct Host {
-    child: Child,
-    /// `None` once closed (the host then unloads its plugin and exits).
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-    log: PathBuf,
+/// `cmd` (the Go host, or a wrapper that runs it) loading `plugin`.
+fn host_in(cmd: Command, plugin: &Path) -> GoHost {
+    GoHost::start(cmd, plugin, tmp())
 }
 
-impl Host {
-    fn start() -> Host {
-        Host::start_in(Command::new(go_host()), Path::new(PLUGIN))
-    }
-
-    /// The Go host loading the real `attestor` binary (the k8s pipeline).
-    fn start_real() -> Host {
-        Host::start_in(Command::new(go_host()), &attestor_bin())
-    }
-
-    /// The Go host (and so the plugin it starts) with only these capabilities (as root):
-    /// what deploy/spire-agent-daemonset.yaml grants the agent container.
-    fn start_with_caps(caps: &str) -> Host {
-        let mut cmd = Command::new("setpriv");
-        cmd.args(["--inh-caps=-all", "--ambient-caps=-all"])
-            .arg(format!("--bounding-set=-all{caps}"))
-            .arg(go_host());
-        Host::start_in(cmd, Path::new(PLUGIN))
-    }
-
-    fn start_in(mut cmd: Command, plugin: &Path) -> Host {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-host/logs");
-        std::fs::create_dir_all(&dir).expect("log dir");
-        let log = dir.join(format!(
-            "host-{}-{}.log",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        let file = std::fs::File::create(&log).expect("host log file");
-        let mut child = cmd
-            .arg("-plugin")
-            .arg(plugin)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(file)
-            .spawn()
-            .expect("start the Go host");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        Host {
-            child,
-            stdin: Some(stdin),
-            stdout,
-            log,
-        }
-    }
-
-    fn call(&mut self, cmd: Value) -> Value {
-        let stdin = self.stdin.as_mut().expect("host stdin open");
-        writeln!(stdin, "{cmd}").expect("write to the Go host");
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("read the Go host");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{cmd}: bad reply {line:?}: {e}"))
-    }
-
-    fn load(&mut self) -> Value {
-        let r = self.call(json!({"op": "load"}));
-        assert_eq!(r["ok"], true, "load: {r}");
-        assert_eq!(r["plugin_services"], json!(SERVICES), "Init answer");
-        assert_eq!(r["negotiated"], 1);
-        r
-    }
-
-    fn configure(&mut self, hcl: &str) -> (String, String) {
-        code(&self.call(json!({"op": "configure", "hcl": hcl})))
-    }
-
-    fn attest(&mut self, pid: i32) -> Value {
-        self.call(json!({"op": "attest", "pid": pid}))
-    }
-
-    fn attest_ok(&mut self, pid: i32) -> Vec<String> {
-        let r = self.attest(pid);
-        assert_eq!(code(&r), ("OK".into(), String::new()), "attest {pid}: {r}");
-        serde_json::from_value(r["selectors"].clone()).expect("selectors")
-    }
-
-    fn wait_log(&mut self, message: &str, field: &str, value: &str) -> Value {
-        let r = self.call(json!({
-            "op": "wait_log", "message": message, "field": field, "value": value,
-            "timeout_ms": 10_000
-        }));
-        assert_eq!(
-            r["found"], true,
-            "log {message:?} {field}={value} not seen: {r}"
-        );
-        r["entry"].clone()
-    }
-
-    /// Deinit + Kill; asserts the plugin exited by itself with status 0 (no SIGKILL).
-    fn unload(&mut self) {
-        let r = self.call(json!({"op": "deinit"}));
-        assert_eq!(code(&r), ("OK".into(), String::new()), "deinit: {r}");
-        let r = self.call(json!({"op": "kill"}));
-        assert_eq!(
-            r,
-            json!({"graceful": true, "exited_logged": true, "exit_error": ""}),
-            "the plugin must exit on Shutdown, with status 0, before go-plugin's 2 s SIGKILL"
-        );
-    }
+/// The Go host loading the test plugin (the test attestor).
+fn host() -> GoHost {
+    host_in(Command::new(go_host()), Path::new(PLUGIN))
 }
 
-impl Drop for Host {
-    fn drop(&mut self) {
-        // Closing stdin makes the host Kill() a still-loaded plugin and exit, so a failed
-        // test leaves no orphaned plugin behind; SIGKILL only if it does not.
-        self.stdin = None;
-        if wait_for(Duration::from_secs(5), || {
-            self.child.try_wait().ok().flatten()
-        })
-        .is_none()
-        {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            eprintln!("--- Go host log ({}), last 200 lines:", self.log.display());
-            for l in &lines[lines.len().saturating_sub(200)..] {
-                eprintln!("{l}");
-            }
-        } else {
-            let _ = std::fs::remove_file(&self.log);
-        }
-    }
+/// The Go host loading the real `attestor` binary (the k8s pipeline).
+fn real_host() -> GoHost {
+    host_in(Command::new(go_host()), &attestor_bin())
 }
 
-fn code(r: &Value) -> (String, String) {
-    (
-        r["code"].as_str().unwrap_or("?").to_string(),
-        r["message"].as_str().unwrap_or("?").to_string(),
-    )
+/// The Go host (and so the plugin it starts) with only these capabilities (as root):
+/// what deploy/spire-agent-daemonset.yaml grants the agent container.
+fn host_with_caps(caps: &str) -> GoHost {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--inh-caps=-all", "--ambient-caps=-all"])
+        .arg(format!("--bounding-set=-all{caps}"))
+        .arg(go_host());
+    host_in(cmd, Path::new(PLUGIN))
 }
 
 fn sleeper(dir: &Path) -> i32 {
@@ -284,7 +141,7 @@ fn real_plugin_loads_twenty_times_and_attests_through_the_kubelet() {
         .expect("cgroup");
     let pid = sleeper(&dir);
     let want: Vec<String> = expected_app_selectors().into_iter().collect();
-    let mut host = Host::start_real();
+    let mut host = real_host();
     for round in 0..20 {
         host.load();
         assert_eq!(
@@ -314,7 +171,7 @@ fn real_plugin_reports_spire_status_codes() {
     let pid = sleeper(&app);
     let host_dir = sb.dir("system.slice/cron.service").expect("cgroup");
     let host_pid = sleeper(&host_dir);
-    let mut host = Host::start_real();
+    let mut host = real_host();
     host.load();
     assert_eq!(
         code(&host.attest(pid)),
@@ -372,7 +229,7 @@ fn real_plugin_gives_spires_texts_for_unusable_pod_lists() {
         .container(Layout::SystemdContainerd, POD_UID, &app_hex())
         .expect("cgroup");
     let pid = sleeper(&app);
-    let mut host = Host::start_real();
+    let mut host = real_host();
     host.load();
     assert_eq!(host.configure(&k.plugin_data), ("OK".into(), String::new()));
     for (what, body, want) in [
@@ -432,7 +289,7 @@ fn loads_twenty_times_in_a_row_and_exits_cleanly_each_time() {
         .container(Layout::SystemdContainerd, POD_A, CID_A)
         .expect("cgroup");
     let pid = sleeper(&dir);
-    let mut host = Host::start();
+    let mut host = host();
     for round in 0..20 {
         host.load();
         assert_eq!(
@@ -470,7 +327,7 @@ fn attests_real_processes_in_kubelet_style_cgroups() {
         .expect("cgroup");
     let a = sleeper(&systemd);
     let b = sleeper(&cgroupfs);
-    let mut host = Host::start();
+    let mut host = host();
     host.load();
     assert_eq!(host.configure(""), ("OK".into(), String::new()));
     assert_eq!(host.attest_ok(a), expected(&sb, &systemd));
@@ -508,7 +365,7 @@ fn configure_errors_and_attest_before_configure() {
     if !require_root() {
         return;
     }
-    let mut host = Host::start();
+    let mut host = host();
     host.load();
     let me = std::process::id() as i32;
     assert_eq!(
@@ -590,7 +447,7 @@ fn handler_panic_is_internal_and_the_plugin_keeps_serving() {
         .container(Layout::SystemdContainerd, POD_A, CID_A)
         .expect("cgroup");
     let (p_bad, p_good) = (sleeper(&bad), sleeper(&good));
-    let mut host = Host::start();
+    let mut host = host();
     host.load();
     let hcl = format!("panic_cgroup_suffix = \"cri-containerd-{CID_PANIC}.scope\"");
     assert_eq!(host.configure(&hcl), ("OK".into(), String::new()));
@@ -639,7 +496,7 @@ fn cancelled_attest_reaches_the_attestor() {
         .container(Layout::Cgroupfs, POD_B, CID_B)
         .expect("cgroup");
     let (p_hold, p_good) = (sleeper(&hold), sleeper(&good));
-    let mut host = Host::start();
+    let mut host = host();
     host.load();
     assert_eq!(
         host.configure(&format!("hold_cgroup_suffix = \"{CID_HOLD}\"")),
@@ -663,7 +520,7 @@ fn metrics_reach_the_agents_host_service() {
     if !require_root() {
         return;
     }
-    let mut host = Host::start();
+    let mut host = host();
     host.load();
     host.wait_log("metrics host service connected", "", "");
     assert_eq!(host.configure(""), ("OK".into(), String::new()));
@@ -694,7 +551,7 @@ fn runs_with_only_the_capabilities_deploy_grants() {
         .container(Layout::SystemdContainerd, POD_A, CID_A)
         .expect("cgroup");
     let pid = sleeper(&dir);
-    let mut host = Host::start_with_caps(",+bpf,+perfmon,+dac_read_search");
+    let mut host = host_with_caps(",+bpf,+perfmon,+dac_read_search");
     host.load();
     // eBPF loaded (the tracker did not fall back).
     host.wait_log("test attestor: tracker started", "ebpf", "true");
@@ -709,7 +566,7 @@ fn checksum_mismatch_is_refused_before_start() {
     if !require_root() {
         return;
     }
-    let mut host = Host::start();
+    let mut host = host();
     let r = host.call(json!({"op": "load", "checksum": "00".repeat(32)}));
     assert_eq!(r["ok"], false);
     assert_eq!(r["error"], "checksums did not match");
@@ -760,7 +617,7 @@ fn bench_attest_round_trip_and_start_to_handshake() {
         .container(Layout::SystemdContainerd, POD_UID, &app_hex())
         .expect("cgroup");
     let pid = sleeper(&dir);
-    let mut host = Host::start_real();
+    let mut host = real_host();
     let load = host.load();
     assert_eq!(host.configure(&k.plugin_data), ("OK".into(), String::new()));
     // The kubelet's list stays cached for the run (warm): poll interval far longer than it.
@@ -819,7 +676,7 @@ fn automtls_through_go_plugin_is_refused_before_the_handshake_never_served_in_pl
     let sockets = TempDir::new("automtls-sockets");
     let mut cmd = Command::new(go_host());
     cmd.env("TMPDIR", sockets.path());
-    let mut host = Host::start_in(cmd, &attestor_bin());
+    let mut host = host_in(cmd, &attestor_bin());
     let r = host.call(json!({"op": "load", "automtls": true}));
     assert_eq!(r["ok"], false, "{r}");
     // No handshake line came. go-plugin 1.0.1 says so in one of two ways, whichever of its
@@ -984,7 +841,7 @@ fn serves_over_tcp_when_no_unix_socket_is_possible() {
     // a missing directory and falls back to 127.0.0.1 in [PLUGIN_MIN_PORT, PLUGIN_MAX_PORT].
     let mut cmd = Command::new(go_host());
     cmd.env("PLUGIN_UNIX_SOCKET_DIR", "/nonexistent/attestor-sockets");
-    let mut host = Host::start_in(cmd, Path::new(PLUGIN));
+    let mut host = host_in(cmd, Path::new(PLUGIN));
     host.load();
     let e = host.wait_log("plugin serving", "", "");
     let addr = e["address"].as_str().unwrap_or_default();
@@ -1064,7 +921,7 @@ fn reconfigure_while_attests_are_in_flight() {
         .container(Layout::SystemdContainerd, POD_A, CID_A)
         .expect("cgroup");
     let (p_hold, p_good) = (sleeper(&hold), sleeper(&good));
-    let mut host = Host::start();
+    let mut host = host();
     host.load();
     let hcl = format!("hold_cgroup_suffix = \"cri-containerd-{CID_HOLD}.scope\"");
     assert_eq!(host.configure(&hcl), ("OK".into(), String::new()));

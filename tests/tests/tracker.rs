@@ -8,19 +8,13 @@ use attestor::tracker::{EntryOrigin, ResolveError, Source, Tracker, TrackerMode,
 use attestor_common::{flags, origin};
 use attestor_tests::sandbox::{Layout, Sandbox};
 use attestor_tests::spawn::spawn_into_cgroup;
-use attestor_tests::{cgroup_id, children, comm, kill_and_reap, reap, require_root, wait_for};
+use attestor_tests::{
+    cgroup_id, children, comm, ebpf_tracker, kill_and_reap, reap, require_root, wait_for,
+};
 
 const POD: &str = "0b6f8a2c-93d1-4e77-b2f5-1c9d0e8a7f61";
 const CID_A: &str = "3f2a9c1b7d5e4f608a9b0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f60718293a4b5";
 const CID_B: &str = "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d9c8b7a6f5e4d3c2b1a0f9e8d";
-
-fn ebpf_tracker() -> Tracker {
-    Tracker::start(&TrackerOptions {
-        mode: TrackerMode::Ebpf,
-        ..TrackerOptions::default()
-    })
-    .expect("eBPF tracker starts on this kernel")
-}
 
 /// Asserts that `pid` resolves to exactly `dir` (id and hierarchy path).
 fn assert_resolves_to(tracker: &Tracker, sandbox: &Sandbox, pid: i32, dir: &Path) -> Source {

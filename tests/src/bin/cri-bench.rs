@@ -20,7 +20,7 @@
 //! `cri-bench [--rounds N] [--snapshots N] [--verbose]`: N containers per mode per delay (default
 //! 20), N snapshot calls per row (default 500), a line per container on stderr.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,12 +28,12 @@ use attestor::attest::{Attestor, Source};
 use attestor::config::Config;
 use attestor::pods::SearchOptions;
 use attestor::runtime::RuntimeClient;
-use attestor::tracker::{Tracker, TrackerMode, TrackerOptions};
+use attestor_tests::attest::{sim_config, sim_config_with_runtime};
 use attestor_tests::containerd::pod::{Kind, Pod, PodSpec};
 use attestor_tests::containerd::{Containerd, StartError, TOOLS_IMAGE, WORKLOAD_IMAGE};
 use attestor_tests::kubelet_sim::{KubeletSim, generate_pods, pod_list_json, uuid};
-use attestor_tests::require_root;
 use attestor_tests::tempdir::TempDir;
+use attestor_tests::{ebpf_tracker, ok, require_root};
 use serde_json::Value;
 
 const TOKEN: &str = "cri-bench-token";
@@ -43,13 +43,6 @@ const MAX_POLL_ATTEMPTS: u32 = 60;
 const DELAYS: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(5)];
 /// Other pods on the node (the workload's pod makes 110).
 const OTHER_PODS: usize = 109;
-
-fn ok<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> T {
-    match r {
-        Ok(v) => v,
-        Err(e) => panic!("{what}: {e}"),
-    }
-}
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
@@ -99,23 +92,6 @@ struct Sample {
     /// Time the fast path spent in runtime questions.
     runtime: Option<Duration>,
     kubelet_requests: u64,
-}
-
-fn config_text(port: u16, ca: &Path, token: &Path, runtime: Option<&Path>) -> String {
-    let mut text = format!(
-        "kubelet_secure_port = {port}\nkubelet_ca_path = \"{}\"\ntoken_path = \"{}\"\n\
-         poll_retry_interval = \"{}ms\"\nmax_poll_attempts = {MAX_POLL_ATTEMPTS}\n",
-        ca.display(),
-        token.display(),
-        POLL_RETRY.as_millis()
-    );
-    if let Some(socket) = runtime {
-        text.push_str(&format!(
-            "container_runtime_endpoint = \"unix://{}\"\n",
-            socket.display()
-        ));
-    }
-    text
 }
 
 struct Bench {
@@ -429,13 +405,7 @@ async fn main() {
     }
     let rounds = arg("--rounds", 20).max(1);
     let calls = arg("--snapshots", 500).max(10);
-    let tracker = Arc::new(ok(
-        "eBPF tracker",
-        Tracker::start(&TrackerOptions {
-            mode: TrackerMode::Ebpf,
-            ..TrackerOptions::default()
-        }),
-    ));
+    let tracker = Arc::new(ebpf_tracker());
     let cd = match Containerd::start().await {
         Ok(cd) => cd,
         Err(StartError::Missing(what)) => {
@@ -444,7 +414,7 @@ async fn main() {
         }
         Err(e) => panic!("private containerd did not start: {e}"),
     };
-    let socket = cd.dir().join("containerd.sock");
+    let socket = cd.socket().to_owned();
     let others = generate_pods(OTHER_PODS, "node-1", 13);
     let sim = ok(
         "kubelet simulator",
@@ -457,13 +427,11 @@ async fn main() {
     let dir = TempDir::new("cri-bench");
     let ca = ok("writing the CA", sim.write_ca(dir.path()));
     let token = dir.write("token", TOKEN);
-    let make = |runtime: Option<&Path>| {
-        let text = config_text(sim.port(), &ca, &token, runtime);
-        let config = ok("config", Config::parse(&text));
-        ok("attestor", Attestor::new(config, tracker.clone(), |_| None))
-    };
-    let fast = make(Some(&socket));
-    let spire = make(None);
+    let (port, poll_ms) = (sim.port(), POLL_RETRY.as_millis() as u64);
+    let fast = sim_config_with_runtime(port, &ca, &token, MAX_POLL_ATTEMPTS, poll_ms, &socket);
+    let spire = sim_config(port, &ca, &token, MAX_POLL_ATTEMPTS, poll_ms);
+    let make = |config| ok("attestor", Attestor::new(config, tracker.clone(), |_| None));
+    let (fast, spire) = (make(fast), make(spire));
     assert!(fast.runtime().is_some() && spire.runtime().is_none());
     let mut b = Bench {
         cd,

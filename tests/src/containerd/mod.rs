@@ -64,7 +64,9 @@ pub const MACHINE_LOCK: &str = "/run/lock/attestor-test-containerd.lock";
 /// Waits for [`MACHINE_LOCK`].
 async fn machine_turn() -> Result<std::fs::File, StartError> {
     tokio::task::spawn_blocking(|| {
-        let dir = Path::new(MACHINE_LOCK).parent().unwrap_or(Path::new("/run"));
+        let dir = Path::new(MACHINE_LOCK)
+            .parent()
+            .unwrap_or(Path::new("/run"));
         std::fs::create_dir_all(dir)?;
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -238,9 +240,31 @@ impl Containerd {
         Ok(built)
     }
 
+    /// The private daemon for a test, or `None` (the test is skipped, with a message) when
+    /// not root or when the packages are missing outside CI (`CI` set: a failure). Any
+    /// other start failure panics.
+    pub async fn start_or_skip() -> Option<Containerd> {
+        if !crate::require_root() {
+            return None;
+        }
+        match Containerd::start().await {
+            Ok(cd) => Some(cd),
+            Err(StartError::Missing(what)) if std::env::var_os("CI").is_none() => {
+                eprintln!("skipped: {what} is not installed; run `cargo xtask setup`");
+                None
+            }
+            Err(e) => panic!("private containerd did not start: {e}"),
+        }
+    }
+
     /// The CRI client (RuntimeService + ImageService on the private socket).
     pub fn cri(&self) -> &CriClient {
         &self.cri
+    }
+
+    /// The daemon's gRPC (CRI) socket: what `container_runtime_endpoint` names.
+    pub fn socket(&self) -> &Path {
+        &self.socket
     }
 
     /// The private directory (root, state, logs).
@@ -261,6 +285,15 @@ impl Containerd {
     /// An image this harness built, by name.
     pub fn image(&self, name: &str) -> Option<&BuiltImage> {
         self.images.iter().find(|i| i.name == name)
+    }
+
+    /// The repo digest (`<name>@sha256:…`) of the image this harness built as `name`, as
+    /// the kubelet reports it in `imageID`; panics if there is no such image.
+    pub fn repo_digest(&self, name: &str) -> String {
+        match self.image(name) {
+            Some(i) => i.repo_digest(),
+            None => panic!("harness has no image {name}"),
+        }
     }
 
     /// Records a pod cgroup parent so teardown removes it.

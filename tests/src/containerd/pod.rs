@@ -131,6 +131,12 @@ impl PodSpec {
             systemd_parent: false,
         }
     }
+    /// A BestEffort pod in `default` with one app container, `app`, running the workload
+    /// image (`command`; empty: the image's entrypoint). Its selectors:
+    /// [`crate::expect::one_app_selectors`].
+    pub fn one_app(name: &str, uid: &str, command: &[&str]) -> PodSpec {
+        PodSpec::new(name, uid).container(Kind::App, "app", super::WORKLOAD_IMAGE, command)
+    }
     /// See [`PodSpec::systemd_parent`].
     pub fn systemd_cgroup_parent(mut self) -> Self {
         self.systemd_parent = true;
