@@ -595,7 +595,7 @@ mod tests {
     use crate::kubelet::FetchFn;
     use crate::tracker::fake::{Event, Fake};
 
-    const UID: &str = "2c48913c-b29f-11e7-9350-020968147796";
+    const UID: &str = "7e1c2a9b-3d4f-4a5b-8c6d-9e0f1a2b3c4d";
     const CID: &str = "9bca8d63d5fa610783847915bcff0ecac1273e5b4bed3f6fa1b07350e0135961";
     const OTHER_UID: &str = "5f0c7e6a-0b1d-4c3e-9f2a-7d6b5c4a3b2c";
     const OTHER_CID: &str = "1111111111111111111111111111111111111111111111111111111111111111";
