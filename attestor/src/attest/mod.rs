@@ -338,6 +338,12 @@ impl<F: FetchPods> Attestor<F> {
         let max_attempts = u32::try_from(self.config.max_poll_attempts()).unwrap_or(u32::MAX);
         // Lists that do not hold the container go to the runtime fast path (if configured).
         let (missed_tx, missed_rx) = watch::channel(None);
+        let missed = |list: &crate::kubelet::PodList| {
+            // Without a runtime nobody listens: no clone on SPIRE's path.
+            if self.runtime.is_some() {
+                missed_tx.send_replace(Some(list.clone()));
+            }
+        };
         let polled = self.fetcher.poll(
             max_attempts,
             |list| {
@@ -346,7 +352,7 @@ impl<F: FetchPods> Attestor<F> {
                 if let Some(known) = self.memoized(list.version(), &container) {
                     last_parse_error = None;
                     if known.is_none() {
-                        missed_tx.send_replace(Some(list.clone()));
+                        missed(list);
                     }
                     return Ok(known);
                 }
@@ -355,7 +361,7 @@ impl<F: FetchPods> Attestor<F> {
                         last_parse_error = None;
                         self.memoize(list.version(), &container, &found);
                         if found.is_none() {
-                            missed_tx.send_replace(Some(list.clone()));
+                            missed(list);
                         }
                         Ok(found)
                     }
