@@ -1,8 +1,9 @@
 //! Kubelet `/pods` body + [`ContainerRef`] → the workload's pod and container status.
 //!
-//! [`find`] is one pure function per pod-list version: the live poll loop calls it each
-//! time it gets a newer list, the replay CLI calls it once. It follows SPIRE's
-//! `k8s.go`/`podlistfetcher.go`:
+//! [`PodIndex`] scans one pod-list version once; its [`PodIndex::find`] answers each
+//! container. The live poll loop keeps one index per list version (`attest`), the replay
+//! CLI and the fuzz targets build one per body, and [`find`] is both in one call. It follows
+//! SPIRE's `k8s.go`/`podlistfetcher.go`:
 //! * the body must be a JSON object with an `items` array (`null` means no pods); a body
 //!   that is not is refused with SPIRE's code and words (see [`PodsError`]);
 //! * pods without `metadata.uid` are skipped; when the cgroup gave a pod UID only that pod is
@@ -16,28 +17,30 @@
 //!   container (yet) still yields its pod-level selectors.
 //!
 //! Parsing is lazy (SPIRE does the same with fastjson since v1.7.0): a scanner walks the list
-//! reading only `metadata.uid` and the status entries' `containerID`; only the matched pod
-//! is decoded in full (`serde_json`); [`crate::selectors`] turns it into selector values.
-//! A refused list is re-read with a port of SPIRE's parser (`fastjson`) only to word the
-//! error as SPIRE does. Known difference: the scanner checks only strings and brackets in the
-//! subtrees it skips, so a body whose syntax error lies there (a stray character inside a
-//! pod's `spec`, say) is searched, where SPIRE refuses the whole list.
+//! once per version reading only `metadata.uid` and the status entries' `containerID`, and
+//! the index keeps where each pod and container ID is; only the matched pod is decoded in
+//! full (`serde_json`); [`crate::selectors`] turns it into selector values. A refused list
+//! is re-read with a port of SPIRE's parser (`fastjson`) only to word the error as SPIRE
+//! does. Known difference: the scanner checks only strings and brackets in the subtrees it
+//! skips, so a body whose syntax error lies there (a stray character inside a pod's
+//! `spec`, say) is searched, where SPIRE refuses the whole list.
 //!
 //! Out of scope: fetching the list, retry timing (the poll loop), and selector formats
 //! (`selectors`).
 
 mod fastjson;
+mod index;
 mod scan;
 
 use std::collections::BTreeMap;
-use std::ops::Range;
 
 use serde::Deserialize;
 
 use crate::config::Config;
 use crate::locator::ContainerRef;
 use crate::status::{Code, Status};
-use scan::{ScanResult, Scanner};
+
+pub use index::{BASE_BYTES, ENTRY_BYTES, MAX_ENTRIES, MAX_PODS, POD_BYTES, PodIndex};
 
 /// How to search (from the validated `Config`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -95,6 +98,11 @@ pub enum PodsError {
     /// The container ID appears in two pods: refuse rather than guess.
     #[error("two pods found with same container Id")]
     TwoPods,
+    /// Beyond what one list is indexed for ([`MAX_PODS`], [`MAX_ENTRIES`]): a kubelet runs a
+    /// few hundred pods at most, so this is not a node's pod list. Ours alone (SPIRE would
+    /// parse it whole); retried like the others.
+    #[error("pod list too large to search: {0}")]
+    TooLarge(String),
 }
 
 impl PodsError {
@@ -106,6 +114,7 @@ impl PodsError {
                 | PodsError::NotAnObject(_)
                 | PodsError::NoItemsArray(_)
                 | PodsError::Rejected(_)
+                | PodsError::TooLarge(_)
         )
     }
 
@@ -159,7 +168,9 @@ impl Found {
     }
 }
 
-/// Searches one pod list for the target container.
+/// Searches one pod list for the target container: [`PodIndex::new`] then
+/// [`PodIndex::find`] (copies `body`; a caller that searches a list more than once keeps
+/// the index instead).
 ///
 /// `Ok(Some(found))`: the one pod that holds it ([`crate::selectors`] makes its values).
 /// `Ok(None)`: not in this list, poll again.
@@ -168,41 +179,7 @@ pub fn find(
     target: &ContainerRef,
     opts: &SearchOptions,
 ) -> Result<Option<Found>, PodsError> {
-    let candidates =
-        find_candidates(body, target, opts).map_err(|e| PodsError::refused_list(body, e))?;
-    let mut found: Option<Found> = None;
-    for candidate in candidates {
-        if found.is_some() {
-            return Err(PodsError::TwoPods);
-        }
-        let pod: Pod = serde_json::from_slice(&body[candidate.range.clone()])
-            .map_err(|e| PodsError::InvalidPod(e.to_string()))?;
-        let matched = candidate
-            .matched
-            .filter(|_| !opts.disable_container_selectors);
-        found = Some(Found { pod, matched });
-    }
-    Ok(found)
-}
-
-/// The pods of one list whose `metadata.uid` is `uid`, decoded in full: normally none or
-/// one (the runtime fast path looks the CRI's pod up by it; two is a list it refuses).
-/// Same refusals as [`find`] for a body that is not a pod list.
-pub fn pods_with_uid(body: &[u8], uid: &str) -> Result<Vec<Pod>, PodsError> {
-    // A container ID with a '/' never equals a URL host, so only the UID selects pods.
-    let target = ContainerRef {
-        pod_uid: Some(uid.to_string()),
-        container_id: "/".to_string(),
-    };
-    let by_uid = SearchOptions::new(true);
-    let candidates =
-        find_candidates(body, &target, &by_uid).map_err(|e| PodsError::refused_list(body, e))?;
-    candidates
-        .into_iter()
-        .map(|c| {
-            serde_json::from_slice(&body[c.range]).map_err(|e| PodsError::InvalidPod(e.to_string()))
-        })
-        .collect()
+    PodIndex::new(bytes::Bytes::copy_from_slice(body)).find(target, opts)
 }
 
 /// Which status list an entry came from, in search order.
@@ -211,130 +188,6 @@ pub enum StatusList {
     Containers,
     InitContainers,
     EphemeralContainers,
-}
-
-/// A pod that yields selectors: its byte range and, unless found by UID alone, the
-/// first matching status entry.
-struct Candidate {
-    range: Range<usize>,
-    matched: Option<(StatusList, usize)>,
-}
-
-fn find_candidates(
-    body: &[u8],
-    target: &ContainerRef,
-    opts: &SearchOptions,
-) -> Result<Vec<Candidate>, String> {
-    let mut sc = Scanner::new(body);
-    let mut items_seen = false;
-    let mut candidates = Vec::new();
-    sc.object(|key, sc| {
-        // Only the first `items` counts, as with fastjson's `Object.Get` in SPIRE.
-        if key != "items" || items_seen {
-            return sc.skip();
-        }
-        items_seen = true;
-        if sc.null()? {
-            return Ok(());
-        }
-        sc.array(|_, sc| {
-            let start = sc.pos();
-            let probe = probe_pod(sc, &target.container_id)?;
-            let range = start..sc.pos();
-            let Some(uid) = probe.uid else {
-                // SPIRE keys pods by UID and skips those without one.
-                return Ok(());
-            };
-            if uid.is_empty() {
-                return Ok(());
-            }
-            let pod_known = match &target.pod_uid {
-                Some(want) if *want != uid => return Ok(()),
-                Some(_) => true,
-                None => false,
-            };
-            if probe.matched.is_some() || (pod_known && opts.disable_container_selectors) {
-                candidates.push(Candidate {
-                    range,
-                    matched: probe.matched,
-                });
-            }
-            Ok(())
-        })
-    })
-    .and_then(|()| sc.end())
-    .map_err(|e| e.to_string())?;
-    if !items_seen {
-        return Err("no \"items\" field in the pod list".to_string());
-    }
-    Ok(candidates)
-}
-
-struct PodProbe {
-    uid: Option<String>,
-    matched: Option<(StatusList, usize)>,
-}
-
-/// Reads `metadata.uid` and finds the first status entry whose `containerID` names the
-/// container, skipping everything else.
-fn probe_pod(sc: &mut Scanner<'_>, container_id: &str) -> ScanResult<PodProbe> {
-    let mut probe = PodProbe {
-        uid: None,
-        matched: None,
-    };
-    sc.object(|key, sc| match key {
-        "metadata" => {
-            if sc.null()? {
-                return Ok(());
-            }
-            sc.object(|key, sc| {
-                if key != "uid" {
-                    return sc.skip();
-                }
-                if !sc.null()? {
-                    probe.uid = Some(sc.string()?.into_owned());
-                }
-                Ok(())
-            })
-        }
-        "status" => {
-            if sc.null()? {
-                return Ok(());
-            }
-            sc.object(|key, sc| {
-                let list = match key {
-                    "containerStatuses" => StatusList::Containers,
-                    "initContainerStatuses" => StatusList::InitContainers,
-                    "ephemeralContainerStatuses" => StatusList::EphemeralContainers,
-                    _ => return sc.skip(),
-                };
-                if sc.null()? {
-                    return Ok(());
-                }
-                sc.array(|index, sc| {
-                    let mut hit = false;
-                    if !sc.null()? {
-                        sc.object(|key, sc| {
-                            if key != "containerID" {
-                                return sc.skip();
-                            }
-                            if !sc.null()? {
-                                hit = container_id_host(&sc.string()?) == Some(container_id);
-                            }
-                            Ok(())
-                        })?;
-                    }
-                    // Search order is list order, not the order of keys in the JSON.
-                    if hit && probe.matched.is_none_or(|(l, _)| list < l) {
-                        probe.matched = Some((list, index));
-                    }
-                    Ok(())
-                })
-            })
-        }
-        _ => sc.skip(),
-    })?;
-    Ok(probe)
 }
 
 /// The host part of a kubelet container ID URL (`containerd://<id>` → `<id>`), as Go's

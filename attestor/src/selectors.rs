@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 
 use crate::locator::ContainerRef;
-use crate::pods::{self, ContainerStatus, Pod, PodsError, SearchOptions};
+use crate::pods::{self, ContainerStatus, Pod, PodIndex, PodsError, SearchOptions};
 
 /// Searches one pod list ([`pods::find`]) and makes the found pod's selector values:
 /// `Ok(Some(values))`, without the `k8s:` prefix, sorted bytewise and deduplicated;
@@ -21,6 +21,17 @@ pub fn search(
     opts: &SearchOptions,
 ) -> Result<Option<Vec<String>>, PodsError> {
     Ok(pods::find(body, target, opts)?.map(|found| build(&found.pod, found.workload())))
+}
+
+/// [`search`] on a list already indexed: what live attestations and the replay do.
+pub fn search_in(
+    index: &PodIndex,
+    target: &ContainerRef,
+    opts: &SearchOptions,
+) -> Result<Option<Vec<String>>, PodsError> {
+    Ok(index
+        .find(target, opts)?
+        .map(|found| build(&found.pod, found.workload())))
 }
 
 /// Selector values of a pod; with `workload`, also those of the workload's container.

@@ -7,8 +7,8 @@
 
 use attestor::config::Config;
 use attestor::locator::{ContainerRef, locate_cgroup_file, locate_path};
-use attestor::pods::{PodsError, SearchOptions};
-use attestor::selectors::search;
+use attestor::pods::{PodIndex, PodsError, SearchOptions};
+use attestor::selectors::{search, search_in};
 use attestor::status::{Code, Status};
 
 /// `plugin_data` (HCL v1 or JSON) → `Config::parse`. Valid configs must satisfy the
@@ -127,7 +127,27 @@ pub fn pods(data: &[u8]) {
         container_id: SEED_CONTAINER_ID.to_string(),
     };
     let opts = SearchOptions::new(flags & 1 != 0);
-    match search(body, &target, &opts) {
+    // The live path: one index per list version, searched by every container.
+    let index = PodIndex::new(body.to_vec());
+    let answer = search_in(&index, &target, &opts);
+    // The index stays within its stated bounds: per pod, per status entry, and unescaped
+    // text no longer than the body.
+    assert!(index.pod_count() <= attestor::pods::MAX_PODS);
+    assert!(index.entry_count() <= attestor::pods::MAX_ENTRIES);
+    assert!(
+        index.heap_bytes()
+            <= attestor::pods::BASE_BYTES
+                + index.pod_count() * attestor::pods::POD_BYTES
+                + index.entry_count() * attestor::pods::ENTRY_BYTES
+                + body.len(),
+        "index of {} pods, {} entries takes {} bytes",
+        index.pod_count(),
+        index.entry_count(),
+        index.heap_bytes()
+    );
+    // The one-shot search is the same code; so is a second index of the same body.
+    assert_eq!(search(body, &target, &opts), answer);
+    match answer {
         Ok(Some(values)) => {
             // Documented: sorted bytewise and deduplicated.
             assert!(
@@ -135,8 +155,13 @@ pub fn pods(data: &[u8]) {
                 "selectors not sorted/deduplicated: {values:?}"
             );
             assert!(values.iter().all(|v| !v.starts_with("k8s:")), "{values:?}");
-            // Deterministic.
-            assert_eq!(search(body, &target, &opts), Ok(Some(values)));
+            // Deterministic, and the index answers again the same.
+            assert_eq!(search_in(&index, &target, &opts), Ok(Some(values)));
+            // A pod found by its UID is among the pods with that UID.
+            if target.pod_uid.is_some() {
+                let with_uid = index.pods_with_uid(SEED_POD_UID).expect("pods by UID");
+                assert!(!with_uid.is_empty(), "found by UID but no pod has it");
+            }
         }
         Ok(None) => {}
         Err(e) => {
@@ -145,6 +170,7 @@ pub fn pods(data: &[u8]) {
                 retryable,
                 !matches!(e, PodsError::InvalidPod(_) | PodsError::TwoPods)
             );
+
             let status = Status::from(e);
             assert!(matches!(status.code, Code::Unavailable | Code::Internal));
             assert!(!status.message.is_empty());

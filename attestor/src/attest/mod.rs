@@ -34,7 +34,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -42,10 +42,10 @@ use tokio::sync::watch;
 use crate::config::{Config, KubeletAuth, KubeletPort};
 use crate::kubelet::{
     Auth, DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_TIMEOUT, Endpoint, FetchPods, KubeletClient,
-    KubeletSettings, PodListFetcher,
+    KubeletSettings, PodList, PodListFetcher,
 };
 use crate::locator::{self, ContainerRef};
-use crate::pods::SearchOptions;
+use crate::pods::{PodIndex, SearchOptions};
 use crate::runtime::{self, ContainerRuntime, RuntimeClient};
 use crate::selectors;
 use crate::status::{Code, Status};
@@ -113,13 +113,17 @@ pub struct Attestor<F: FetchPods = KubeletClient> {
     memo: Mutex<Memo>,
 }
 
-/// Search results for the newest pod list version: a list never changes, so the answer for
-/// a container is computed once per version. Warm attestations then cost a tracker lookup
-/// and a map lookup instead of a scan of the whole list. Bounded: cleared when a newer
-/// list arrives, and at most `MEMO_CAP` containers per version.
+/// What the newest pod list version gave: a list never changes, so it is indexed once
+/// (`index`: where each pod and container is, built by the first attestation that searches
+/// the version and shared by all others), and the answer for a container is computed once
+/// (`results`). A container not asked before then costs a hash lookup and the decode of its
+/// pod; one asked before, a map lookup. Bounded: cleared when a newer list arrives, at
+/// most `MEMO_CAP` containers per version, and the index's own bounds
+/// ([`crate::pods::MAX_ENTRIES`]).
 #[derive(Default)]
 struct Memo {
     version: u64,
+    index: Arc<OnceLock<PodIndex>>,
     results: HashMap<ContainerRef, Option<Vec<String>>>,
     /// Fast-path answers for containers this version does not list (from the runtime).
     fast: HashMap<ContainerRef, Vec<String>>,
@@ -338,7 +342,7 @@ impl<F: FetchPods> Attestor<F> {
         let max_attempts = u32::try_from(self.config.max_poll_attempts()).unwrap_or(u32::MAX);
         // Lists that do not hold the container go to the runtime fast path (if configured).
         let (missed_tx, missed_rx) = watch::channel(None);
-        let missed = |list: &crate::kubelet::PodList| {
+        let missed = |list: &PodList| {
             // Without a runtime nobody listens: no clone on SPIRE's path.
             if self.runtime.is_some() {
                 missed_tx.send_replace(Some(list.clone()));
@@ -356,7 +360,8 @@ impl<F: FetchPods> Attestor<F> {
                     }
                     return Ok(known);
                 }
-                match selectors::search(list.body(), &container, &opts) {
+                match self.with_index(list, |index| selectors::search_in(index, &container, &opts))
+                {
                     Ok(found) => {
                         last_parse_error = None;
                         self.memoize(list.version(), &container, &found);
@@ -451,7 +456,7 @@ impl<F: FetchPods> Attestor<F> {
     async fn fast_path(
         &self,
         container: &ContainerRef,
-        mut missed: watch::Receiver<Option<crate::kubelet::PodList>>,
+        mut missed: watch::Receiver<Option<PodList>>,
         opts: &SearchOptions,
         mut trace: Option<&mut RuntimeTrace>,
     ) -> Option<Vec<String>> {
@@ -466,27 +471,30 @@ impl<F: FetchPods> Attestor<F> {
             }
             let started = Instant::now();
             let answer = match runtime.snapshot(&container.container_id).await {
-                Ok(snapshot) => runtime::published(
-                    list.body(),
-                    container,
-                    &snapshot,
-                    !opts.disable_container_selectors,
-                )
-                .map_err(|refusal| {
-                    if matches!(
-                        refusal,
-                        runtime::Refusal::PodUidDiffers { .. }
-                            | runtime::Refusal::PodDiffers { .. }
-                            | runtime::Refusal::OtherContainer { .. }
-                    ) {
-                        // The runtime contradicts the cgroup or the kubelet: worth a look.
-                        log::warn!(
-                            container_id = container.container_id.as_str(), reason:% = refusal;
-                            "container runtime's answer not used"
-                        );
-                    }
-                    refusal.to_string()
-                }),
+                Ok(snapshot) => self
+                    .with_index(&list, |index| {
+                        runtime::published(
+                            index,
+                            container,
+                            &snapshot,
+                            !opts.disable_container_selectors,
+                        )
+                    })
+                    .map_err(|refusal| {
+                        if matches!(
+                            refusal,
+                            runtime::Refusal::PodUidDiffers { .. }
+                                | runtime::Refusal::PodDiffers { .. }
+                                | runtime::Refusal::OtherContainer { .. }
+                        ) {
+                            // The runtime contradicts the cgroup or the kubelet: worth a look.
+                            log::warn!(
+                                container_id = container.container_id.as_str(), reason:% = refusal;
+                                "container runtime's answer not used"
+                            );
+                        }
+                        refusal.to_string()
+                    }),
                 Err(e) => Err(e.to_string()),
             };
             if let Some(t) = trace.as_deref_mut() {
@@ -534,6 +542,28 @@ impl<F: FetchPods> Attestor<F> {
                 m.results.insert(container.clone(), found.clone());
             }
         });
+    }
+
+    /// `f` on the index of `list`: built once per list version, by the first attestation
+    /// that needs it (concurrent ones wait for it rather than scan the list too), and
+    /// dropped with the memo when a newer version arrives. A list older than the memo's (an
+    /// attestation that fell behind) is indexed for this call alone.
+    fn with_index<T>(&self, list: &PodList, f: impl FnOnce(&PodIndex) -> T) -> T {
+        let cell = {
+            let mut memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
+            if list.version() > memo.version {
+                *memo = Memo {
+                    version: list.version(),
+                    ..Memo::default()
+                };
+            }
+            (list.version() == memo.version).then(|| memo.index.clone())
+        };
+        match cell {
+            // Built outside the memo's lock: other versions' lookups do not wait for it.
+            Some(cell) => f(cell.get_or_init(|| PodIndex::new(list.body().clone()))),
+            None => f(&PodIndex::new(list.body().clone())),
+        }
     }
 
     /// `read` on the memo if it holds list `version`.

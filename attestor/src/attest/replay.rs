@@ -9,7 +9,7 @@
 
 use crate::config::Config;
 use crate::locator;
-use crate::pods::SearchOptions;
+use crate::pods::{PodIndex, SearchOptions};
 use crate::selectors;
 use crate::status::{self, Code, Status};
 
@@ -24,8 +24,9 @@ pub fn replay(
     let Some(target) = locator::locate_cgroup_file(cgroups)? else {
         return Ok(Vec::new());
     };
-    let body = read_pods()?;
-    match selectors::search(&body, &target, &SearchOptions::from_config(config)) {
+    // Indexed as a live list version is (one code path for both).
+    let list = PodIndex::new(read_pods()?);
+    match selectors::search_in(&list, &target, &SearchOptions::from_config(config)) {
         Ok(Some(selectors)) => Ok(selectors),
         // Every later poll would see the same list.
         Ok(None) => Err(status::gave_up()),

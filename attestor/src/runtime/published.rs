@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use super::{PodSnapshot, RuntimeContainer};
 use crate::goquote::go_quote;
 use crate::locator::ContainerRef;
-use crate::pods::{self, ContainerStatus, Found, PodStatus, PodsError, StatusList};
+use crate::pods::{ContainerStatus, Found, PodIndex, PodStatus, PodsError, StatusList};
 
 /// Why the runtime's answer is not used (the attestation goes on as SPIRE's). The text
 /// names the check that failed; `attestor explain` prints it.
@@ -84,13 +84,13 @@ pub enum Refusal {
 }
 
 /// The workload's pod as SPIRE's search would find it once the kubelet published the
-/// runtime's current state: the pod from `body` (its spec and metadata as listed) with the
+/// runtime's current state: the pod from the `list` (its spec and metadata as listed) with the
 /// statuses rebuilt from `snapshot`, and the workload's entry among them.
 ///
 /// `with_container`: whether the workload's status entry is wanted (SPIRE's
 /// `disable_container_selectors` drops it).
 pub fn published(
-    body: &[u8],
+    list: &PodIndex,
     target: &ContainerRef,
     snapshot: &PodSnapshot,
     with_container: bool,
@@ -112,7 +112,7 @@ pub fn published(
             runtime: uid,
         });
     }
-    let mut listed = pods::pods_with_uid(body, &uid).map_err(Refusal::PodList)?;
+    let mut listed = list.pods_with_uid(&uid).map_err(Refusal::PodList)?;
     let mut pod = match listed.len() {
         0 => return Err(Refusal::PodNotListed { uid }),
         1 => listed.remove(0),
@@ -374,7 +374,7 @@ mod tests {
             rc(INIT, "init", "busybox", 1),
             rc(APP, "app", "web", 2),
         ]);
-        let found = published(&body("{}"), &target(Some(UID)), &snap, true).unwrap();
+        let found = published(&PodIndex::new(body("{}")), &target(Some(UID)), &snap, true).unwrap();
         let v = values(&found);
         let digest = format!("web@sha256:{}", "1".repeat(64));
         for want in [
@@ -396,7 +396,9 @@ mod tests {
         }
         assert!(!v.iter().any(|s| s.contains("web:spec")), "{v:?}");
         // Without container selectors: the same pod-level values, no container ones.
-        let pod_only = values(&published(&body("{}"), &target(Some(UID)), &snap, false).unwrap());
+        let pod_only = values(
+            &published(&PodIndex::new(body("{}")), &target(Some(UID)), &snap, false).unwrap(),
+        );
         assert!(
             !pod_only.iter().any(|s| s.starts_with("container-")),
             "{pod_only:?}"
@@ -414,7 +416,9 @@ mod tests {
             rc(APP, "app", "web", 5),
             rc(SIDE, "side", "side", 3),
         ]);
-        let v = values(&published(&body("{}"), &target(Some(UID)), &snap, true).unwrap());
+        let v = values(
+            &published(&PodIndex::new(body("{}")), &target(Some(UID)), &snap, true).unwrap(),
+        );
         assert!(v.contains(&"container-image:web:1".to_string()), "{v:?}");
         assert!(!v.iter().any(|s| s.contains("web-old")), "{v:?}");
 
@@ -423,7 +427,7 @@ mod tests {
         stale.workload = rc(APP, "app", "web", 5);
         stale.containers[0].created_at = 9;
         assert_eq!(
-            published(&body("{}"), &target(Some(UID)), &stale, true).unwrap_err(),
+            published(&PodIndex::new(body("{}")), &target(Some(UID)), &stale, true).unwrap_err(),
             Refusal::NotNewest {
                 id: APP.into(),
                 name: "app".into(),
@@ -434,7 +438,7 @@ mod tests {
         let mut tied = snap;
         tied.containers[0].created_at = 5;
         assert!(matches!(
-            published(&body("{}"), &target(Some(UID)), &tied, true),
+            published(&PodIndex::new(body("{}")), &target(Some(UID)), &tied, true),
             Err(Refusal::NotNewest { .. })
         ));
     }
@@ -446,19 +450,19 @@ mod tests {
         // Another pod's UID in the cgroup.
         let other = "11111111-2222-4333-8444-555555555555";
         assert_eq!(
-            published(&b, &target(Some(other)), &good, true).unwrap_err(),
+            published(&PodIndex::new(b.clone()), &target(Some(other)), &good, true).unwrap_err(),
             Refusal::PodUidDiffers {
                 cgroup: other.into(),
                 runtime: UID.into()
             }
         );
         // No pod UID in the path: the runtime's is used.
-        assert!(published(&b, &target(None), &good, true).is_ok());
+        assert!(published(&PodIndex::new(b.clone()), &target(None), &good, true).is_ok());
         // The runtime answered for another container.
         let mut wrong = good.clone();
         wrong.workload.id = SIDE.into();
         assert!(matches!(
-            published(&b, &target(Some(UID)), &wrong, true),
+            published(&PodIndex::new(b.clone()), &target(Some(UID)), &wrong, true),
             Err(Refusal::OtherContainer { .. })
         ));
         // Labels that disagree with the listed pod.
@@ -472,7 +476,7 @@ mod tests {
         ] {
             let mut s = good.clone();
             edit(&mut s.workload);
-            let e = published(&b, &target(Some(UID)), &s, true).unwrap_err();
+            let e = published(&PodIndex::new(b.clone()), &target(Some(UID)), &s, true).unwrap_err();
             assert!(
                 matches!(e, Refusal::PodDiffers { field: f, .. } if f == field),
                 "{e}"
@@ -481,32 +485,37 @@ mod tests {
         // A container name the spec does not have, or none.
         let mut s = snapshot(vec![rc(APP, "debugger", "web", 2)]);
         assert_eq!(
-            published(&b, &target(Some(UID)), &s, true).unwrap_err(),
+            published(&PodIndex::new(b.clone()), &target(Some(UID)), &s, true).unwrap_err(),
             Refusal::NotInSpec {
                 name: "debugger".into()
             }
         );
         s.workload.name = None;
         assert!(matches!(
-            published(&b, &target(Some(UID)), &s, true),
+            published(&PodIndex::new(b.clone()), &target(Some(UID)), &s, true),
             Err(Refusal::NoContainerName { .. })
         ));
         // The pod is not listed (yet), or twice.
         let empty = br#"{"items":[]}"#;
         assert_eq!(
-            published(empty, &target(Some(UID)), &good, true).unwrap_err(),
+            published(&PodIndex::new(&empty[..]), &target(Some(UID)), &good, true).unwrap_err(),
             Refusal::PodNotListed { uid: UID.into() }
         );
         let one = String::from_utf8(body("{}")).unwrap();
         let item = &one[one.find('[').unwrap() + 1..one.rfind(']').unwrap()];
         let twice = format!(r#"{{"items":[{item},{item}]}}"#);
         assert!(matches!(
-            published(twice.as_bytes(), &target(Some(UID)), &good, true),
+            published(
+                &PodIndex::new(twice.clone()),
+                &target(Some(UID)),
+                &good,
+                true
+            ),
             Err(Refusal::PodListedTwice { count: 2, .. })
         ));
         // Not a pod list at all.
         assert!(matches!(
-            published(b"[]", &target(Some(UID)), &good, true),
+            published(&PodIndex::new(&b"[]"[..]), &target(Some(UID)), &good, true),
             Err(Refusal::PodList(_))
         ));
         // No image from the runtime.
@@ -514,7 +523,7 @@ mod tests {
         s.workload.image = None;
         s.containers[0].image = None;
         assert_eq!(
-            published(&b, &target(Some(UID)), &s, true).unwrap_err(),
+            published(&PodIndex::new(b.clone()), &target(Some(UID)), &s, true).unwrap_err(),
             Refusal::NoImage { id: APP.into() }
         );
     }
@@ -526,7 +535,13 @@ mod tests {
         // kubelet may hold a terminated status with its old image.
         let listed = r#"{"containerStatuses":[{"name":"side","image":"side:1","imageID":"x","containerID":"containerd://ffff","state":{"running":{}}}]}"#;
         assert_eq!(
-            published(&body(listed), &target(Some(UID)), &snap, true).unwrap_err(),
+            published(
+                &PodIndex::new(body(listed)),
+                &target(Some(UID)),
+                &snap,
+                true
+            )
+            .unwrap_err(),
             Refusal::StatusUnknowable {
                 name: "side".into()
             }
@@ -534,7 +549,15 @@ mod tests {
         // A waiting status without an ID is what the kubelet publishes anyway.
         let waiting =
             r#"{"containerStatuses":[{"name":"side","image":"side:spec","state":{"waiting":{}}}]}"#;
-        assert!(published(&body(waiting), &target(Some(UID)), &snap, true).is_ok());
+        assert!(
+            published(
+                &PodIndex::new(body(waiting)),
+                &target(Some(UID)),
+                &snap,
+                true
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -545,7 +568,7 @@ mod tests {
               "ephemeralContainers":[{{"name":"dbg","image":"d"}}]}}}}]}}"#
         );
         let snap = snapshot(vec![rc(APP, "app", "web", 2)]);
-        let found = published(b.as_bytes(), &target(Some(UID)), &snap, true).unwrap();
+        let found = published(&PodIndex::new(b.clone()), &target(Some(UID)), &snap, true).unwrap();
         assert_eq!(
             found.workload().and_then(|s| s.name.as_deref()),
             Some("app")
@@ -556,8 +579,13 @@ mod tests {
 
         let mut dbg = rc(APP, "dbg", "tools", 3);
         dbg.id = APP.into();
-        let found =
-            published(b.as_bytes(), &target(Some(UID)), &snapshot(vec![dbg]), true).unwrap();
+        let found = published(
+            &PodIndex::new(b.clone()),
+            &target(Some(UID)),
+            &snapshot(vec![dbg]),
+            true,
+        )
+        .unwrap();
         assert_eq!(
             found.workload().and_then(|s| s.name.as_deref()),
             Some("dbg")
@@ -577,7 +605,7 @@ mod tests {
         );
         let snap = snapshot(vec![rc(APP, "app", "web", 2)]);
         assert_eq!(
-            published(b.as_bytes(), &target(Some(UID)), &snap, true).unwrap_err(),
+            published(&PodIndex::new(b.clone()), &target(Some(UID)), &snap, true).unwrap_err(),
             Refusal::NameTwiceInSpec {
                 name: "app".into(),
                 count: 2
