@@ -152,6 +152,10 @@ pub struct Trace {
     /// anyone during this attestation.
     pub lists_searched: u32,
     pub list_version: Option<u64>,
+    /// Lists this attestation indexed itself (the first to search a list version does; the
+    /// others reuse its index), and the time that took.
+    pub lists_indexed: u32,
+    pub index_elapsed: Duration,
     pub kubelet_requests: u64,
     pub kubelet_elapsed: Option<Duration>,
     /// Where the container's status came from, when the attestation found it.
@@ -336,6 +340,7 @@ impl<F: FetchPods> Attestor<F> {
         let kubelet_started = Instant::now();
         let mut lists = 0u32;
         let mut version = None;
+        let (mut indexed, mut index_elapsed) = (0u32, Duration::ZERO);
         // SPIRE retries a list that does not parse and reports the last such error as
         // `Unavailable` if that was the final attempt.
         let mut last_parse_error: Option<String> = None;
@@ -360,8 +365,14 @@ impl<F: FetchPods> Attestor<F> {
                     }
                     return Ok(known);
                 }
-                match self.with_index(list, |index| selectors::search_in(index, &container, &opts))
-                {
+                let searched = self.with_index(list, |index, built| {
+                    if let Some(took) = built {
+                        indexed += 1;
+                        index_elapsed += took;
+                    }
+                    selectors::search_in(index, &container, &opts)
+                });
+                match searched {
                     Ok(found) => {
                         last_parse_error = None;
                         self.memoize(list.version(), &container, &found);
@@ -420,6 +431,8 @@ impl<F: FetchPods> Attestor<F> {
         trace.runtime = runtime_trace.filter(|t| t.attempts > 0 || t.fallback.is_some());
         trace.lists_searched = lists;
         trace.list_version = version;
+        trace.lists_indexed = indexed;
+        trace.index_elapsed = index_elapsed;
         trace.kubelet_requests = self.fetcher.requests_started() - requests_before;
         trace.kubelet_elapsed = Some(kubelet_started.elapsed());
         let (selectors, source) = match (polled, last_parse_error) {
@@ -472,7 +485,7 @@ impl<F: FetchPods> Attestor<F> {
             let started = Instant::now();
             let answer = match runtime.snapshot(&container.container_id).await {
                 Ok(snapshot) => self
-                    .with_index(&list, |index| {
+                    .with_index(&list, |index, _| {
                         runtime::published(
                             index,
                             container,
@@ -547,8 +560,14 @@ impl<F: FetchPods> Attestor<F> {
     /// `f` on the index of `list`: built once per list version, by the first attestation
     /// that needs it (concurrent ones wait for it rather than scan the list too), and
     /// dropped with the memo when a newer version arrives. A list older than the memo's (an
-    /// attestation that fell behind) is indexed for this call alone.
-    fn with_index<T>(&self, list: &PodList, f: impl FnOnce(&PodIndex) -> T) -> T {
+    /// attestation that fell behind) is indexed for this call alone. `f` also learns how
+    /// long building took if this call built it.
+    fn with_index<T>(&self, list: &PodList, f: impl FnOnce(&PodIndex, Option<Duration>) -> T) -> T {
+        let build = || {
+            let started = Instant::now();
+            let index = PodIndex::new(list.body().clone());
+            (index, started.elapsed())
+        };
         let cell = {
             let mut memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
             if list.version() > memo.version {
@@ -561,8 +580,19 @@ impl<F: FetchPods> Attestor<F> {
         };
         match cell {
             // Built outside the memo's lock: other versions' lookups do not wait for it.
-            Some(cell) => f(cell.get_or_init(|| PodIndex::new(list.body().clone()))),
-            None => f(&PodIndex::new(list.body().clone())),
+            Some(cell) => {
+                let mut built = None;
+                let index = cell.get_or_init(|| {
+                    let (index, took) = build();
+                    built = Some(took);
+                    index
+                });
+                f(index, built)
+            }
+            None => {
+                let (index, took) = build();
+                f(&index, Some(took))
+            }
         }
     }
 
@@ -719,6 +749,64 @@ mod tests {
             1,
             "one kubelet request for both"
         );
+    }
+
+    /// A burst of distinct containers on one list version: one of them indexes the list,
+    /// every other one reuses that index (and each still gets its own pod's values).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn each_list_version_is_indexed_once_for_a_burst_of_containers() {
+        let fake = Fake::new();
+        let pods: Vec<(String, String)> = (0..16u32)
+            .map(|i| {
+                (
+                    format!("{i:08x}-0000-4000-8000-000000000000"),
+                    format!("{i:064x}"),
+                )
+            })
+            .collect();
+        for (i, (uid, cid)) in pods.iter().enumerate() {
+            fake.process(100 + i as i32, leak(container_path(uid, cid)));
+        }
+        let body = list(
+            &pods
+                .iter()
+                .enumerate()
+                .map(|(i, (uid, cid))| pod(uid, &format!("p{i}"), cid))
+                .collect::<Vec<_>>(),
+        );
+        let calls = Arc::new(AtomicUsize::new(0));
+        // One list for the whole burst.
+        let config = Config::parse("poll_retry_interval = \"1h\"\n").unwrap();
+        let fetch: Fetch = FetchFn(Box::new({
+            let calls = calls.clone();
+            move || {
+                calls.fetch_add(1, Ordering::SeqCst);
+                std::future::ready(Ok(body.clone()))
+            }
+        }));
+        let a = Arc::new(Attestor::with_fetcher(
+            config,
+            Arc::new(fake.tracker(true, false)),
+            fetch,
+        ));
+        let burst = |a: &Arc<Attestor<Fetch>>| {
+            (0..16)
+                .map(|i| {
+                    let a = a.clone();
+                    tokio::spawn(async move { a.attest_traced(100 + i, never()).await })
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut indexed = 0;
+        for (i, task) in burst(&a).into_iter().enumerate() {
+            let (result, trace) = task.await.unwrap();
+            let values = result.unwrap();
+            assert!(values.contains(&format!("pod-name:p{i}")), "{values:?}");
+            assert_eq!(trace.lists_searched, 1);
+            indexed += trace.lists_indexed;
+        }
+        assert_eq!(indexed, 1, "one index for the list version");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

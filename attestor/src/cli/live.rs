@@ -143,6 +143,12 @@ fn print_text(attestor: &Attestor, t: &Trace, result: &Result<Vec<String>, Statu
             t.kubelet_requests,
             elapsed
         );
+        if t.lists_searched > 0 {
+            println!(
+                "  pod index      {} of them indexed by this attestation ({:?}); the rest reused an index",
+                t.lists_indexed, t.index_elapsed
+            );
+        }
     }
     match (attestor.runtime(), &t.runtime) {
         (None, _) => {}
@@ -231,6 +237,8 @@ fn json(attestor: &Attestor, t: &Trace, result: &Result<Vec<String>, Status>) ->
         "kubelet": t.kubelet_elapsed.map(|e| serde_json::json!({
             "lists_searched": t.lists_searched,
             "list_version": t.list_version,
+            "lists_indexed": t.lists_indexed,
+            "index_elapsed_us": t.index_elapsed.as_micros() as u64,
             "requests": t.kubelet_requests,
             "elapsed_us": e.as_micros() as u64,
         })),
