@@ -23,9 +23,9 @@
 //! entry (the slot and its share of a hash map), plus the text of escaped strings (never
 //! more than the body); [`PodIndex::heap_bytes`] reports what one index takes.
 //! At most [`MAX_PODS`] pods and [`MAX_ENTRIES`] entries are indexed: a list beyond that is
-//! refused ([`PodsError::TooLarge`]) rather than indexed without bound, so the index of the
-//! largest body the kubelet client accepts (64 MiB) stays under ~8 MiB. A 250-pod list with
-//! five status entries per pod takes ~40 KB (`cargo xtask bench podlist` prints it).
+//! refused ([`PodsError::TooLarge`]) rather than indexed without bound: 62 bytes per pod
+//! and 66 per entry (x86_64) make at most ~12 MiB, whatever the body. A 250-pod list with
+//! five status entries per pod takes ~100 KB (`cargo xtask bench podlist` prints it).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -755,6 +755,16 @@ mod tests {
             "{}",
             index.heap_bytes()
         );
+    }
+
+    #[test]
+    fn the_stated_bound_holds() {
+        // SECURITY.md and the module doc state these.
+        assert!(
+            POD_BYTES <= 64 && ENTRY_BYTES <= 68,
+            "{POD_BYTES} {ENTRY_BYTES}"
+        );
+        assert!(BASE_BYTES + MAX_PODS * POD_BYTES + MAX_ENTRIES * ENTRY_BYTES <= 13 << 20);
     }
 
     #[test]
