@@ -738,6 +738,39 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// Damaged lists (bytes replaced, cut, inserted): never a panic, the bound holds, and
+        /// an index answers like a second index of the same bytes.
+        #[test]
+        fn damaged_lists_are_answered_or_refused(
+            pods in proptest::collection::vec(pod(), 1..4),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..3u8), 1..4),
+        ) {
+            let mut body = serde_json::to_vec(&json!({"items": pods})).unwrap();
+            for (at, byte, how) in edits {
+                let i = at.index(body.len());
+                match how {
+                    0 => body[i] = byte,
+                    1 => body.truncate(i),
+                    _ => body.insert(i, byte),
+                }
+                if body.is_empty() {
+                    break;
+                }
+            }
+            let index = PodIndex::new(body.clone());
+            prop_assert!(
+                index.heap_bytes()
+                    <= BASE_BYTES + index.pod_count() * POD_BYTES + index.entry_count() * ENTRY_BYTES + body.len()
+            );
+            for uid in [Some(UID_A), None] {
+                let t = target(uid, CID);
+                let opts = SearchOptions::default();
+                prop_assert_eq!(answer(selectors::search_in(&index, &t, &opts)), indexed(&body, &t, &opts));
+            }
+        }
+    }
+
     #[test]
     fn pods_and_entries_are_counted_and_bounded() {
         let body = serde_json::to_vec(&json!({"items": [
