@@ -4,7 +4,8 @@
 //! host service, then Init → Configure → Attest → Deinit → Kill).
 //!
 //! [`GoHost::binary`] builds it with `go` (GOPATH mode against `/usr/share/gocode`; `cargo
-//! xtask setup` installs golang-go and go-plugin), once per test process. A [`GoHost`] is
+//! xtask setup` installs golang-go and go-plugin), once per test process; [`build_go_program`]
+//! does the build for the other Go programs under `tests/` too. A [`GoHost`] is
 //! one running host: one JSON command per stdin line in, one JSON result per stdout line
 //! out. Its log (hclog JSON: the host's and the plugin's relayed stderr) goes to a file,
 //! printed if the test fails.
@@ -50,39 +51,11 @@ impl std::fmt::Debug for GoHost {
 
 impl GoHost {
     /// The host binary, `<tmp>/go-host/attestor-go-host`, built on the first call in this
-    /// process (later calls return the same path, whatever their `tmp`).
-    ///
-    /// `go build` writes a file of its own and renames it into place: another test process
-    /// (another test binary, another `cargo test`) may be running the previous build, which
-    /// an overwrite in place would fail on (`text file busy`) or corrupt.
+    /// process (later calls return the same path, whatever their `tmp`), by
+    /// [`build_go_program`].
     pub fn binary(tmp: &Path) -> &'static Path {
         static HOST: OnceLock<PathBuf> = OnceLock::new();
-        HOST.get_or_init(|| {
-            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("go-host");
-            let work = tmp.join("go-host");
-            let bin = work.join("attestor-go-host");
-            let building = work.join(format!("attestor-go-host.{}.tmp", std::process::id()));
-            let status = Command::new("go")
-                .args(["build", "-o"])
-                .arg(&building)
-                .arg(".")
-                .current_dir(&src)
-                .env("GO111MODULE", "off")
-                .env(
-                    "GOPATH",
-                    format!("{}:/usr/share/gocode", work.join("gopath").display()),
-                )
-                .env("GOCACHE", work.join("cache"))
-                .env("GOFLAGS", "")
-                .status()
-                .unwrap_or_else(|e| {
-                    panic!("cannot run `go` ({e}): run `cargo xtask setup` (installs golang-go and go-plugin)")
-                });
-            assert!(status.success(), "go build of tests/go-host failed");
-            std::fs::rename(&building, &bin)
-                .unwrap_or_else(|e| panic!("installing {}: {e}", bin.display()));
-            bin
-        })
+        HOST.get_or_init(|| build_go_program("go-host", &tmp.join("go-host"), "attestor-go-host"))
     }
 
     /// Starts `cmd` (the [`GoHost::binary`], or a wrapper such as `setpriv` that runs it as
@@ -193,6 +166,41 @@ impl GoHost {
             "the plugin must exit on Shutdown, with status 0, before go-plugin's 2 s SIGKILL"
         );
     }
+}
+
+/// Builds the Go program in `tests/<dir>` (package main) into `<work>/<name>` and returns
+/// that path: GOPATH mode (`GO111MODULE=off`) against Debian's `/usr/share/gocode`, no
+/// network, with its GOPATH and build cache under `work`. Panics if `go` is missing or the
+/// build fails.
+///
+/// `go build` writes a file of its own and renames it into place: another process (another
+/// test binary, another `cargo test`) may be running the previous build, which an overwrite in
+/// place would fail on (`text file busy`) or corrupt.
+pub fn build_go_program(dir: &str, work: &Path, name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let bin = work.join(name);
+    let building = work.join(format!("{name}.{}.tmp", std::process::id()));
+    std::fs::create_dir_all(work).unwrap_or_else(|e| panic!("creating {}: {e}", work.display()));
+    let status = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&building)
+        .arg(".")
+        .current_dir(&src)
+        .env("GO111MODULE", "off")
+        .env(
+            "GOPATH",
+            format!("{}:/usr/share/gocode", work.join("gopath").display()),
+        )
+        .env("GOCACHE", work.join("cache"))
+        .env("GOFLAGS", "")
+        .status()
+        .unwrap_or_else(|e| {
+            panic!("cannot run `go` ({e}): run `cargo xtask setup` (installs golang-go and the Go packages the tests build against)")
+        });
+    assert!(status.success(), "go build of tests/{dir} failed");
+    std::fs::rename(&building, &bin)
+        .unwrap_or_else(|e| panic!("installing {}: {e}", bin.display()));
+    bin
 }
 
 impl Drop for GoHost {

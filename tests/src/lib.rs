@@ -11,6 +11,7 @@ pub mod expect;
 pub mod go_host;
 pub mod kubelet_sim;
 pub mod pidns;
+pub mod podgen;
 pub mod runc;
 pub mod sandbox;
 pub mod spawn;

@@ -11,7 +11,9 @@ pub struct Options {
     /// concurrent lookups, lock-free vs one Mutex; eBPF start-up), `attest` (warm, cold, burst
     /// live attestation), `plugin` (Attest round trip through go-plugin, start → handshake),
     /// `cri` (container start → first attestation with and without the CRI fast path, on a
-    /// private containerd; `RuntimeClient::snapshot` latency) or `all`.
+    /// private containerd; `RuntimeClient::snapshot` latency), `podlist` (the pod-list index
+    /// against a SPIRE-style Go baseline: first attestation on a new list, further ones on a
+    /// cached list, a 250-container burst, index memory; needs no root itself) or `all`.
     #[arg(default_value = "all")]
     pub which: String,
 }
@@ -29,10 +31,17 @@ pub fn run(opts: &Options) -> Result<()> {
         "attest" => &["attest-bench"],
         "plugin" => &[],
         "cri" => &["cri-bench"],
-        "all" => &["tracker-bench", "lookup-bench", "attest-bench", "cri-bench"],
+        "podlist" => &["podlist-bench"],
+        "all" => &[
+            "tracker-bench",
+            "lookup-bench",
+            "attest-bench",
+            "cri-bench",
+            "podlist-bench",
+        ],
         other => {
             bail!(
-                "unknown benchmark `{other}` (expected: tracker, lookup, attest, plugin, cri, all)"
+                "unknown benchmark `{other}` (expected: tracker, lookup, attest, plugin, cri, podlist, all)"
             )
         }
     };

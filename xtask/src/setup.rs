@@ -32,6 +32,9 @@ const APT_PACKAGES: &[&str] = &[
     "golang-github-hashicorp-go-hclog-dev",
     "golang-google-grpc-dev",
     "golang-goprotobuf-dev",
+    // `cargo xtask bench podlist`: the SPIRE baseline (tests/go-spire-podlist) parses the
+    // kubelet's /pods body with fastjson, as SPIRE's k8s attestor does (1.6.3 in bookworm).
+    "golang-github-valyala-fastjson-dev",
     // tests/tests/containers.rs: a private containerd (1.6, with its CRI plugin) and runc
     // create real pods; images are built from the static busybox. No daemon is started by
     // the packages here (no systemd). See ../shared/reference/containerd-cri-notes.md.

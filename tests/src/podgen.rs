@@ -1,28 +1,37 @@
-//! Pod list parsing (issue 3): find one container in a kubelet `/pods` body and build its
-//! selectors, with the lazy scanner (`attestor::selectors::search`) versus a full `serde_json`
-//! decode of the same body into typed structs.
+//! A realistic kubelet `/pods` body generator, shared by the pod-list benchmarks
+//! (`tests/benches/podlist.rs`, issue 3; `podlist-bench`, issue 14).
 //!
-//! Run: `ATTESTOR_SKIP_EBPF=1 cargo bench -p attestor --bench podlist`
-//!
-//! The bodies are generated here: 110 pods (the kubelet's default max per node) and 250
-//! pods, each ~10 KB like real kubelet output (labels, annotations with a
-//! last-applied-configuration, owner, managed fields, three containers with env, probes and
-//! mounts, two init containers, long image references, full statuses).
-
-#![allow(clippy::unwrap_used)]
+//! Each pod is ~11.4 KB of JSON like real kubelet output: 8 labels, annotations with a
+//! `kubectl.kubernetes.io/last-applied-configuration`, a ReplicaSet owner, managed
+//! containers with env, ports, resources, probes and mounts ([`CONTAINERS`], and
+//! [`INIT_CONTAINERS`] as init containers), long registry image references with `sha256`
+//! digests, and full statuses with `lastState`. 110 pods (the kubelet's default maximum per
+//! node) = 1.25 MB, 250 pods = 2.85 MB. Everything is deterministic: pod `i` has UID
+//! [`uid`]`(i)` and its status slot `c` has container ID [`container_id`]`(i, c)`.
 
 use std::collections::BTreeMap;
-use std::hint::black_box;
 
 use attestor::locator::ContainerRef;
-use attestor::pods::{Pod, SearchOptions};
-use attestor::selectors::search;
-use criterion::{Criterion, criterion_group, criterion_main};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
-fn hex(seed: u64, len: usize) -> String {
-    // Deterministic pseudo-random hex (splitmix64).
+/// The app containers of every pod; their statuses are slots 0, 1, 2.
+pub const CONTAINERS: [&str; 3] = ["api", "sidecar-proxy", "log-shipper"];
+/// The init containers of every pod; their statuses are slots 5, 6.
+pub const INIT_CONTAINERS: [&str; 2] = ["init-config", "init-migrations"];
+/// Every status slot of a pod (`containerStatuses`, then `initContainerStatuses`).
+pub const STATUS_SLOTS: [u64; 5] = [0, 1, 2, 5, 6];
+
+/// The container of status slot `slot` of pod `pod`, as a cgroup path names it (pod UID and
+/// container ID).
+pub fn container_ref(pod: u64, slot: u64) -> ContainerRef {
+    ContainerRef {
+        pod_uid: Some(uid(pod)),
+        container_id: container_id(pod, slot),
+    }
+}
+
+/// `len` deterministic pseudo-random hex digits from `seed` (splitmix64).
+pub fn hex(seed: u64, len: usize) -> String {
     let mut x = seed;
     let mut out = String::with_capacity(len);
     while out.len() < len {
@@ -37,7 +46,8 @@ fn hex(seed: u64, len: usize) -> String {
     out
 }
 
-fn uid(seed: u64) -> String {
+/// A pod UID (8-4-4-4-12 hex) from `seed`; pod `i` has `uid(i)`.
+pub fn uid(seed: u64) -> String {
     let h = hex(seed, 32);
     format!(
         "{}-{}-{}-{}-{}",
@@ -49,7 +59,8 @@ fn uid(seed: u64) -> String {
     )
 }
 
-fn container_id(pod: u64, c: u64) -> String {
+/// The 64-hex container ID of status slot `c` of pod `pod` (see [`STATUS_SLOTS`]).
+pub fn container_id(pod: u64, c: u64) -> String {
     hex(pod * 100 + c + 7, 64)
 }
 
@@ -94,9 +105,10 @@ fn container_status(name: &str, pod: u64, c: u64, tag: &str, digest: &str) -> Va
     })
 }
 
-fn pod(i: u64) -> Value {
-    let names = ["api", "sidecar-proxy", "log-shipper"];
-    let inits = ["init-config", "init-migrations"];
+/// Pod `i` of a generated list (see the module doc).
+pub fn pod(i: u64) -> Value {
+    let names = CONTAINERS;
+    let inits = INIT_CONTAINERS;
     let images: Vec<(String, String)> = names
         .iter()
         .enumerate()
@@ -123,7 +135,8 @@ fn pod(i: u64) -> Value {
         "tolerations": [{"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}],
         "volumes": [{"name": "config", "configMap": {"name": format!("workload-{i}-config"), "defaultMode": 420}}]
     });
-    let last_applied = serde_json::to_string(&json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"labels": labels}, "spec": {"containers": [{"name": "api", "image": &images[0].0}]}})).unwrap();
+    let last_applied = serde_json::to_string(&json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"labels": labels}, "spec": {"containers": [{"name": "api", "image": &images[0].0}]}}))
+    .expect("a JSON value serialises");
     let conditions: Vec<Value> = ["Initialized", "Ready", "ContainersReady", "PodScheduled"]
         .iter()
         .map(|t| json!({"type": t, "status": "True", "lastProbeTime": null, "lastTransitionTime": "2026-11-27T09:00:05Z"}))
@@ -155,111 +168,11 @@ fn pod(i: u64) -> Value {
     })
 }
 
-fn pod_list(n: u64) -> Vec<u8> {
+/// A kubelet `/pods` body of pods `0..n`.
+pub fn pod_list(n: u64) -> Vec<u8> {
     let items: Vec<Value> = (0..n).map(pod).collect();
     serde_json::to_vec(
         &json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}),
     )
-    .unwrap()
+    .expect("a JSON value serialises")
 }
-
-// --- The baseline: decode everything into typed structs, then search -------------------------
-
-#[derive(Deserialize)]
-struct FullPodList {
-    items: Vec<FullPod>,
-}
-
-/// Minimal typed pod for the baseline: the library's selector-relevant `Pod`, decoded for
-/// every item of the list (unknown fields are skipped by serde, as a typed decode does).
-#[derive(Deserialize)]
-struct FullPod {
-    #[serde(flatten)]
-    pod: Pod,
-}
-
-fn full_decode_search(body: &[u8], target: &ContainerRef) -> Option<Vec<String>> {
-    let list: FullPodList = serde_json::from_slice(body).unwrap();
-    let want = format!("containerd://{}", target.container_id);
-    let mut found = None;
-    for item in &list.items {
-        let pod = &item.pod;
-        if pod.metadata.uid.as_deref() != target.pod_uid.as_deref() {
-            continue;
-        }
-        let statuses = [
-            &pod.status.container_statuses,
-            &pod.status.init_container_statuses,
-        ];
-        let hit = statuses
-            .iter()
-            .filter_map(|l| l.as_deref())
-            .flatten()
-            .find(|s| s.container_id.as_deref() == Some(want.as_str()));
-        if let Some(status) = hit {
-            found = Some(attestor::selectors::build(pod, Some(status)));
-        }
-    }
-    found
-}
-
-/// On-CPU time of this thread in nanoseconds (first field of `/proc/thread-self/schedstat`).
-/// Unlike wall time it does not grow when other processes share the CPUs, which they do on
-/// the 2-core build machine.
-fn thread_cpu_ns() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    text.split_whitespace().next()?.parse().ok()
-}
-
-/// Mean on-CPU time per call of `f` over `iters` calls, in microseconds.
-fn cpu_time_per_iter<T>(iters: u32, mut f: impl FnMut() -> T) -> Option<f64> {
-    let start = thread_cpu_ns()?;
-    for _ in 0..iters {
-        black_box(f());
-    }
-    let end = thread_cpu_ns()?;
-    Some((end - start) as f64 / f64::from(iters) / 1000.0)
-}
-
-fn bench(c: &mut Criterion) {
-    for n in [110u64, 250] {
-        let body = pod_list(n);
-        let middle = n / 2;
-        let target = ContainerRef {
-            pod_uid: Some(uid(middle)),
-            container_id: container_id(middle, 1),
-        };
-        let opts = SearchOptions::default();
-        // Both paths must agree before they are timed.
-        let lazy = search(&body, &target, &opts).unwrap().unwrap();
-        assert_eq!(Some(lazy.clone()), full_decode_search(&body, &target));
-        assert!(lazy.contains(&"container-name:sidecar-proxy".to_string()));
-        eprintln!(
-            "{n} pods: body {} bytes ({} bytes/pod), {} selectors",
-            body.len(),
-            body.len() as u64 / n,
-            lazy.len()
-        );
-        // Criterion reports wall time; this is the same work in on-CPU time.
-        let lazy_cpu = cpu_time_per_iter(300, || search(&body, &target, &opts).unwrap());
-        let full_cpu = cpu_time_per_iter(60, || full_decode_search(&body, &target));
-        if let (Some(lazy), Some(full)) = (lazy_cpu, full_cpu) {
-            eprintln!(
-                "{n} pods, on-CPU time per call: lazy_search {lazy:.0} µs, full_serde_decode {full:.0} µs, ratio {:.1}x",
-                full / lazy
-            );
-        }
-        let mut group = c.benchmark_group(format!("podlist_{n}_pods"));
-        group.throughput(criterion::Throughput::Bytes(body.len() as u64));
-        group.bench_function("lazy_search", |b| {
-            b.iter(|| search(black_box(&body), black_box(&target), &opts).unwrap())
-        });
-        group.bench_function("full_serde_decode", |b| {
-            b.iter(|| full_decode_search(black_box(&body), black_box(&target)))
-        });
-        group.finish();
-    }
-}
-
-criterion_group!(benches, bench);
-criterion_main!(benches);
