@@ -193,6 +193,8 @@ async fn container_that_appears_after_a_few_polls_is_found() {
         trace.lists_searched, 4,
         "three lists without the container, then the one with it"
     );
+    // Each new list version was indexed once, by this attestation (the only one asking).
+    assert_eq!(trace.lists_indexed, 4);
     assert_eq!(sim.request_count(), 4);
     kill_and_reap(pid);
 }
@@ -483,6 +485,7 @@ async fn cli_attest_and_explain_by_pid() {
     assert_eq!(v["container"]["pod_uid"], POD_UID);
     assert_eq!(v["container"]["container_id"], app_hex().as_str());
     assert_eq!(v["kubelet"]["lists_searched"], 1);
+    assert_eq!(v["kubelet"]["lists_indexed"], 1);
     assert_eq!(
         v["outcome"]["selectors"].as_array().map(Vec::len),
         Some(want.len())
