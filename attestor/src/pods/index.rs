@@ -462,17 +462,9 @@ impl Entries {
         body: &'s [u8],
         uid: &'s str,
     ) -> impl Iterator<Item = usize> + 's {
-        let first = self
-            .by_uid
-            .get(&self.hasher.hash_one(uid.as_bytes()))
-            .map_or(NONE, |c| c.first);
-        std::iter::successors((first != NONE).then_some(first), |&i| {
-            let next = self.pods[i as usize].next;
-            (next != NONE).then_some(next)
-        })
-        .map(|i| i as usize)
-        // Equal hashes of different UIDs share a chain.
-        .filter(move |&i| self.resolve(body, self.pods[i].uid) == uid.as_bytes())
+        self.chain(&self.by_uid, uid, |i| self.pods[i].next)
+            // Equal hashes of different UIDs share a chain.
+            .filter(move |&i| self.resolve(body, self.pods[i].uid) == uid.as_bytes())
     }
 
     /// Entries whose container host is `host`, in list order.
@@ -481,16 +473,25 @@ impl Entries {
         body: &'s [u8],
         host: &'s str,
     ) -> impl Iterator<Item = usize> + 's {
-        let first = self
-            .by_host
-            .get(&self.hasher.hash_one(host.as_bytes()))
+        self.chain(&self.by_host, host, |i| self.entries[i].next)
+            .filter(move |&i| self.resolve(body, self.entries[i].host) == host.as_bytes())
+    }
+
+    /// The chain of `text`'s hash in `map`, in list order; `next(i)` is element `i`'s link.
+    fn chain<'s>(
+        &'s self,
+        map: &HashMap<u64, Chain>,
+        text: &str,
+        next: impl Fn(usize) -> u32 + 's,
+    ) -> impl Iterator<Item = usize> + 's {
+        let first = map
+            .get(&self.hasher.hash_one(text.as_bytes()))
             .map_or(NONE, |c| c.first);
-        std::iter::successors((first != NONE).then_some(first), |&i| {
-            let next = self.entries[i as usize].next;
+        std::iter::successors((first != NONE).then_some(first), move |&i| {
+            let next = next(i as usize);
             (next != NONE).then_some(next)
         })
         .map(|i| i as usize)
-        .filter(move |&i| self.resolve(body, self.entries[i].host) == host.as_bytes())
     }
 }
 

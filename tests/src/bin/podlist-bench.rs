@@ -341,6 +341,22 @@ impl Side {
     }
 }
 
+/// Runs both sides of one measurement, Go first or ours first.
+fn alternate<G, O>(
+    go_first: bool,
+    go: &mut GoSide,
+    run_go: impl FnOnce(&mut GoSide) -> G,
+    run_ours: impl FnOnce() -> O,
+) -> (G, O) {
+    if go_first {
+        let g = run_go(go);
+        (g, run_ours())
+    } else {
+        let o = run_ours();
+        (run_go(go), o)
+    }
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -392,13 +408,7 @@ fn main() {
                 go.batch(json!({"op": "first", "file": f, "targets": go_targets(&targets)}))
             };
             let run_ours = || our_first(body, &targets, &opts);
-            let (g, o) = if go_first {
-                let g = run_go(&mut go);
-                (g, run_ours())
-            } else {
-                let o = run_ours();
-                (run_go(&mut go), o)
-            };
+            let (g, o) = alternate(go_first, &mut go, run_go, run_ours);
             assert_eq!(g.selectors, o.selectors, "first, {n} pods: selector counts");
             go_side.first[f].push((g.mean_wall(), g.cpu_per_item()));
             ours.first[f].push((o.mean_wall(), o.cpu_per_item()));
@@ -412,13 +422,7 @@ fn main() {
                 go.batch(json!({"op": "attest", "targets": go_targets(&targets)}))
             };
             let run_ours = || our_cached(&index, &targets, &opts);
-            let (g, o) = if go_first {
-                let g = run_go(&mut go);
-                (g, run_ours())
-            } else {
-                let o = run_ours();
-                (run_go(&mut go), o)
-            };
+            let (g, o) = alternate(go_first, &mut go, run_go, run_ours);
             assert_eq!(
                 g.selectors, o.selectors,
                 "cached, {n} pods: selector counts"
@@ -436,13 +440,7 @@ fn main() {
             go.batch(json!({"op": "burst", "file": burst_file, "targets": go_targets(&targets)}))
         };
         let run_ours = || our_burst(body, &targets, &opts);
-        let (g, o) = if go_first {
-            let g = run_go(&mut go);
-            (g, run_ours())
-        } else {
-            let o = run_ours();
-            (run_go(&mut go), o)
-        };
+        let (g, o) = alternate(go_first, &mut go, run_go, run_ours);
         assert_eq!(g.selectors, o.selectors, "burst: selector counts");
         go_side.burst.push((g.wall[0], g.cpu));
         ours.burst.push((o.wall[0], o.cpu));
