@@ -62,6 +62,10 @@ type command struct {
 	AutoMTLS  bool   `json:"automtls"`
 	// NoMetrics: Init without the metrics host service name (the plugin then sends none).
 	NoMetrics bool `json:"no_metrics"`
+	// Entered: the metrics op also waits until this many calls reached the handlers.
+	Entered int `json:"entered"`
+	// MetricsSink: "aggregate" for load in the benchmark (see metricsRecorder.aggregate).
+	MetricsSink string `json:"metrics_sink"`
 	// ID names a call started with attest_async, for await.
 	ID   string `json:"id"`
 	Mode string `json:"mode"`
@@ -145,19 +149,85 @@ func (c *logCapture) find(since int, msg, field, value string, timeout time.Dura
 type metricsRecorder struct {
 	mu    sync.Mutex
 	calls []result
+	// entered counts calls that reached a handler, held or not.
+	entered int
+	// held: while non-nil, handlers wait for it to be closed (an agent that is slow to
+	// answer), after noting their arrival time.
+	held chan struct{}
+	// aggregate (load's metrics_sink "aggregate", for the benchmark): keep a count and a
+	// sum per method, key and labels, as the agent's in-memory sink does, instead of every
+	// call (more work for this process's GC, and this process also times the calls).
+	aggregate  bool
+	aggregated map[string]*aggregateSum
+	n          int
+}
+
+type aggregateSum struct {
+	count int
+	total float64
 }
 
 func (m *metricsRecorder) record(method string, req proto.Message) {
+	// The agent's go-metrics reads the clock on receipt (MeasureSinceWithLabels:
+	// time.Now().Sub(start)): recv is that moment.
+	recv := time.Now().UnixNano()
+	m.mu.Lock()
+	m.entered++
+	held := m.held
+	m.mu.Unlock()
+	if held != nil {
+		<-held
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.aggregate {
+		m.n++
+		var k string
+		var v float64
+		switch r := req.(type) {
+		case *IncrCounterRequest:
+			k, v = fmt.Sprint(method, r.Key, labels(r.Labels)), float64(r.Val)
+		case *MeasureSinceRequest:
+			k, v = fmt.Sprint(method, r.Key, labels(r.Labels)), float64(recv-r.Time)/1e6
+		}
+		a := m.aggregated[k]
+		if a == nil {
+			a = &aggregateSum{}
+			m.aggregated[k] = a
+		}
+		a.count++
+		a.total += v
+		return
+	}
 	r := result{"method": method}
 	switch v := req.(type) {
 	case *IncrCounterRequest:
 		r["key"], r["val"], r["labels"] = v.Key, v.Val, labels(v.Labels)
 	case *MeasureSinceRequest:
 		r["key"], r["time_set"], r["labels"] = v.Key, v.Time > 0, labels(v.Labels)
+		// What the agent records as the latency: receipt − time.
+		r["agent_latency_us"] = (recv - v.Time) / 1000
 	}
 	m.calls = append(m.calls, r)
+}
+
+// hold makes the handlers wait (on) or lets them go (off).
+func (m *metricsRecorder) hold(on bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if on && m.held == nil {
+		m.held = make(chan struct{})
+	}
+	if !on && m.held != nil {
+		close(m.held)
+		m.held = nil
+	}
+}
+
+func (m *metricsRecorder) count() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.calls) + m.n
 }
 
 func labels(ls []*Label) map[string]string {
@@ -250,7 +320,7 @@ func (h *host) load(cmd command) result {
 		return result{"ok": false, "error": "checksum is not a valid hex string"}
 	}
 	h.since = h.logs.mark()
-	h.metrics = &metricsRecorder{}
+	h.metrics = &metricsRecorder{aggregate: cmd.MetricsSink == "aggregate", aggregated: map[string]*aggregateSum{}}
 	started := time.Now()
 	client := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig: plugin.HandshakeConfig{
@@ -371,16 +441,29 @@ func (h *host) do(cmd command) result {
 		defer cancel()
 		return code(h.conn.Invoke(ctx, initPath+"Deinit", &DeinitRequest{}, &DeinitResponse{}))
 	case "metrics":
+		// The calls recorded, once there are N of them (or at the timeout), and how many
+		// reached a handler (held ones too): once that is Entered, if Entered is set.
 		deadline := time.Now().Add(time.Duration(cmd.TimeoutMs) * time.Millisecond)
 		for {
 			h.metrics.mu.Lock()
 			calls := append([]result{}, h.metrics.calls...)
+			entered := h.metrics.entered
 			h.metrics.mu.Unlock()
-			if len(calls) >= cmd.N || time.Now().After(deadline) {
-				return result{"calls": calls}
+			if (len(calls) >= cmd.N && entered >= cmd.Entered) || time.Now().After(deadline) {
+				return result{"calls": calls, "entered": entered}
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
+	case "metrics_hold":
+		// Value "on": the metrics host service holds every call until "off", or for
+		// TimeoutMs if set (so that it lets go while another command waits).
+		on := cmd.Value == "on"
+		h.metrics.hold(on)
+		if on && cmd.TimeoutMs > 0 {
+			m := h.metrics
+			time.AfterFunc(time.Duration(cmd.TimeoutMs)*time.Millisecond, func() { m.hold(false) })
+		}
+		return result{"ok": true}
 	case "count_logs":
 		// Log lines (host and relayed plugin lines) containing Value, since the process began.
 		h.logs.mu.Lock()
@@ -426,6 +509,11 @@ func (h *host) bench(cmd command) result {
 		}
 	}
 	d := make([]time.Duration, cmd.N)
+	// Metrics RPCs the plugin sent while the calls were measured (its flushes compete
+	// with the calls only if some land in this window).
+	before := h.metrics.count()
+	hostCPU, pluginCPU := cpuTime(0), cpuTime(h.client.ReattachConfig().Pid)
+	began := time.Now()
 	for i := range d {
 		t := time.Now()
 		if err := call(); err != nil {
@@ -433,9 +521,36 @@ func (h *host) bench(cmd command) result {
 		}
 		d[i] = time.Since(t)
 	}
+	elapsed := time.Since(began)
+	during := h.metrics.count() - before
+	hostCPU, pluginCPU = cpuTime(0)-hostCPU, cpuTime(h.client.ReattachConfig().Pid)-pluginCPU
 	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
 	pct := func(p float64) int64 { return d[int(p*float64(len(d)-1))].Microseconds() }
-	return result{"code": "OK", "n": len(d), "p50_us": pct(0.50), "p99_us": pct(0.99), "max_us": d[len(d)-1].Microseconds()}
+	return result{"code": "OK", "n": len(d), "p50_us": pct(0.50), "p99_us": pct(0.99), "max_us": d[len(d)-1].Microseconds(),
+		"metrics_calls": during, "elapsed_ms": elapsed.Milliseconds(),
+		"host_cpu_ms": hostCPU.Milliseconds(), "plugin_cpu_ms": pluginCPU.Milliseconds()}
+}
+
+// cpuTime is the user+system CPU time of process pid (0: this host) so far, from
+// /proc/<pid>/stat (clock ticks of 10 ms: USER_HZ is 100 on Linux).
+func cpuTime(pid int) time.Duration {
+	path := "/proc/self/stat"
+	if pid != 0 {
+		path = fmt.Sprintf("/proc/%d/stat", pid)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	// The fields after the command name, which is in parentheses and may hold spaces.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	var utime, stime int64
+	fmt.Sscan(f[11], &utime)
+	fmt.Sscan(f[12], &stime)
+	return time.Duration(utime+stime) * 10 * time.Millisecond
 }
 
 // kill unloads as go-plugin's Kill does (Shutdown, 2 s grace, then SIGKILL) and reports

@@ -515,6 +515,11 @@ fn cancelled_attest_reaches_the_attestor() {
     kill_and_reap(p_good);
 }
 
+/// What the agent's metrics host service receives, through go-plugin's broker: per status
+/// label, `IncrCounter [attestor attest]` values that sum to the Attests with that status
+/// (the plugin sends one per status per flush), and one `MeasureSince [attestor attest
+/// latency]` per Attest whose `time` makes the agent record the attestation's latency, not
+/// the time the sample waited in the plugin for a slow agent.
 #[test]
 fn metrics_reach_the_agents_host_service() {
     if !require_root() {
@@ -525,18 +530,104 @@ fn metrics_reach_the_agents_host_service() {
     host.wait_log("metrics host service connected", "", "");
     assert_eq!(host.configure(""), ("OK".into(), String::new()));
     let me = std::process::id() as i32;
-    assert_eq!(host.attest(me)["code"], "OK");
-    let r = host.call(json!({"op": "metrics", "n": 2, "timeout_ms": 10_000}));
-    let mut calls: Vec<Value> = serde_json::from_value(r["calls"].clone()).expect("calls");
-    calls.sort_by_key(|c| c["method"].as_str().unwrap_or_default().to_string());
+    // A slow agent: the plugin's first flush (one Attest: IncrCounter + MeasureSince) is
+    // held in the host service…
+    let held = Duration::from_millis(500);
     assert_eq!(
-        calls,
-        vec![
-            json!({"method": "IncrCounter", "key": ["attestor", "attest"], "val": 1,
-                   "labels": {"status": "OK"}}),
-            json!({"method": "MeasureSince", "key": ["attestor", "attest", "latency"],
-                   "time_set": true, "labels": {"status": "OK"}}),
+        host.call(json!({"op": "metrics_hold", "value": "on"}))["ok"],
+        true
+    );
+    assert_eq!(host.attest(me)["code"], "OK");
+    let r = host.call(json!({"op": "metrics", "entered": 2, "timeout_ms": 10_000}));
+    assert_eq!(r["entered"], 2, "the first flush reached the agent: {r}");
+    // …while more Attests wait in the plugin; then the agent answers.
+    for _ in 0..3 {
+        assert_eq!(host.attest(me)["code"], "OK");
+    }
+    for _ in 0..2 {
+        assert_eq!(host.attest(0)["code"], "InvalidArgument");
+    }
+    std::thread::sleep(held);
+    assert_eq!(
+        host.call(json!({"op": "metrics_hold", "value": "off"}))["ok"],
+        true
+    );
+    let expected = 2 + 2 + 5;
+    let r = host.call(json!({"op": "metrics", "n": expected, "timeout_ms": 10_000}));
+    assert_eq!(r["calls"].as_array().map(Vec::len), Some(expected), "{r}");
+    // Nothing more arrives (each Attest counted once).
+    std::thread::sleep(Duration::from_millis(300));
+    let r = host.call(json!({"op": "metrics", "timeout_ms": 0}));
+    let calls = r["calls"].as_array().expect("calls").clone();
+    assert_eq!(calls.len(), expected, "{r}");
+
+    // Per status: (sum of IncrCounter values, IncrCounter calls, MeasureSince calls).
+    let mut by_status = std::collections::BTreeMap::<String, (f64, usize, usize)>::new();
+    for c in &calls {
+        let status = c["labels"]["status"]
+            .as_str()
+            .expect("status label")
+            .to_string();
+        let e = by_status.entry(status).or_default();
+        match c["method"].as_str() {
+            Some("IncrCounter") => {
+                assert_eq!(c["key"], json!(["attestor", "attest"]), "{c}");
+                e.0 += c["val"].as_f64().expect("val");
+                e.1 += 1;
+            }
+            Some("MeasureSince") => {
+                assert_eq!(c["key"], json!(["attestor", "attest", "latency"]), "{c}");
+                assert_eq!(c["time_set"], true, "{c}");
+                // The agent's receipt − time: the attestation plus the transport. Had
+                // `time` been fixed when the Attest ended, the samples that waited for the
+                // held flush would show more than `held`.
+                let us = c["agent_latency_us"].as_i64().expect("agent_latency_us");
+                assert!(
+                    (0..200_000).contains(&us),
+                    "the agent would record {us} µs: {c}"
+                );
+                e.2 += 1;
+            }
+            _ => panic!("unexpected call {c}"),
+        }
+    }
+    // OK: 1 in the held flush, then 3 aggregated into one call; InvalidArgument: 2 in one.
+    assert_eq!(
+        by_status,
+        [
+            ("InvalidArgument".to_string(), (2.0, 1, 2)),
+            ("OK".to_string(), (4.0, 2, 4)),
         ]
+        .into_iter()
+        .collect()
+    );
+    // Deinit (the agent unloads us next) waits for the flush in flight, here held for
+    // 200 ms by the agent, and sends what is still pending, before it answers. The test
+    // attestor's first Deinit releases its tracker, which takes about as long: that one
+    // goes first, and the Attests after it answer FailedPrecondition.
+    let r = host.call(json!({"op": "deinit"}));
+    assert_eq!(code(&r), ("OK".into(), String::new()), "{r}");
+    assert_eq!(host.configure(""), ("OK".into(), String::new()));
+    let r = host.call(json!({"op": "metrics_hold", "value": "on", "timeout_ms": 200}));
+    assert_eq!(r["ok"], true);
+    assert_eq!(host.attest(me)["code"], "FailedPrecondition");
+    let r = host.call(json!({"op": "metrics", "entered": expected + 2, "timeout_ms": 10_000}));
+    assert_eq!(
+        r["entered"],
+        expected + 2,
+        "the flush reached the agent: {r}"
+    );
+    assert_eq!(host.attest(me)["code"], "FailedPrecondition");
+    let r = host.call(json!({"op": "deinit"}));
+    assert_eq!(code(&r), ("OK".into(), String::new()), "{r}");
+    let r = host.call(json!({"op": "metrics", "timeout_ms": 0}));
+    let calls = r["calls"].as_array().expect("calls");
+    assert_eq!(calls.len(), expected + 2 + 2, "{r}");
+    assert!(
+        calls[expected..]
+            .iter()
+            .all(|c| c["labels"]["status"] == "FailedPrecondition"),
+        "{r}"
     );
     host.unload();
 }
@@ -618,7 +709,10 @@ fn bench_attest_round_trip_and_start_to_handshake() {
         .expect("cgroup");
     let pid = sleeper(&dir);
     let mut host = real_host();
-    let load = host.load();
+    // The host's metrics service keeps sums per metric, as the agent's sinks do, rather
+    // than every call (tests/go-host: metricsRecorder.aggregate).
+    let load = host.call(json!({"op": "load", "metrics_sink": "aggregate"}));
+    assert_eq!(load["ok"], true, "{load}");
     assert_eq!(host.configure(&k.plugin_data), ("OK".into(), String::new()));
     // The kubelet's list stays cached for the run (warm): poll interval far longer than it.
     let warm = k.plugin_data.replace("\"50ms\"", "\"1h\"");
@@ -627,8 +721,12 @@ fn bench_attest_round_trip_and_start_to_handshake() {
         host.attest_ok(pid),
         expected_app_selectors().into_iter().collect::<Vec<_>>()
     );
-    let r = host.call(json!({"op": "bench", "pid": pid, "n": 5000}));
-    assert_eq!(r["code"], "OK", "{r}");
+    // 5,000 calls take under a second; 20,000 make sure the plugin's metrics flushes happen
+    // while calls are measured (`metrics_calls`: RPCs the host service got meanwhile; CPU:
+    // of the host, which also serves the metrics, and of the plugin, during the calls).
+    let with: Vec<Value> = [5000, 20_000]
+        .map(|n| host.call(json!({"op": "bench", "pid": pid, "n": n})))
+        .into();
     let h = host.call(json!({"op": "bench", "mode": "health", "n": 5000}));
     assert_eq!(h["code"], "OK", "{h}");
     println!(
@@ -640,25 +738,44 @@ fn bench_attest_round_trip_and_start_to_handshake() {
         "go-plugin Client() incl. SHA-256 of the binary: {} µs; load incl. Dispense+Init: {} µs",
         load["connect_us"], load["load_us"]
     );
-    println!(
-        "Attest round trip, warm, metrics on, n={}: p50 {} µs, p99 {} µs, max {} µs",
-        r["n"], r["p50_us"], r["p99_us"], r["max_us"]
-    );
+    for r in &with {
+        assert_eq!(r["code"], "OK", "{r}");
+        println!(
+            "Attest round trip, warm, metrics on, n={}: p50 {} µs, p99 {} µs, max {} µs; {} metrics RPCs to the host in the {} ms measured; CPU ms host {}, plugin {}",
+            r["n"],
+            r["p50_us"],
+            r["p99_us"],
+            r["max_us"],
+            r["metrics_calls"],
+            r["elapsed_ms"],
+            r["host_cpu_ms"],
+            r["plugin_cpu_ms"]
+        );
+    }
     println!(
         "Health/Check round trip (transport baseline), n={}: p50 {} µs, p99 {} µs, max {} µs",
         h["n"], h["p50_us"], h["p99_us"], h["max_us"]
     );
     host.unload();
-    // The same without the metrics host service (no IncrCounter/MeasureSince per Attest).
+    // The same without the metrics host service (no metrics recorded or sent).
     let r = host.call(json!({"op": "load", "no_metrics": true}));
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(host.configure(&warm), ("OK".into(), String::new()));
-    let r = host.call(json!({"op": "bench", "pid": pid, "n": 5000}));
-    assert_eq!(r["code"], "OK", "{r}");
-    println!(
-        "Attest round trip without metrics, n={}: p50 {} µs, p99 {} µs, max {} µs",
-        r["n"], r["p50_us"], r["p99_us"], r["max_us"]
-    );
+    for n in [5000, 20_000] {
+        let r = host.call(json!({"op": "bench", "pid": pid, "n": n}));
+        assert_eq!(r["code"], "OK", "{r}");
+        assert_eq!(r["metrics_calls"], 0, "{r}");
+        println!(
+            "Attest round trip without metrics, n={}: p50 {} µs, p99 {} µs, max {} µs; {} ms measured; CPU ms host {}, plugin {}",
+            r["n"],
+            r["p50_us"],
+            r["p99_us"],
+            r["max_us"],
+            r["elapsed_ms"],
+            r["host_cpu_ms"],
+            r["plugin_cpu_ms"]
+        );
+    }
     host.unload();
     println!("kubelet requests during the run: {}", k.sim.request_count());
     kill_and_reap(pid);

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Streaming};
 
 use super::WorkloadAttestor;
-use super::metrics::Metrics;
+use super::metrics::{FINAL_FLUSH_WAIT, Metrics};
 use super::proto::config::{
     ConfigureRequest, ConfigureResponse, ValidateRequest, ValidateResponse, config_server,
 };
@@ -91,6 +91,10 @@ impl<A: WorkloadAttestor> Shared<A> {
     /// Runs the attestor's deinit (Deinit RPC, or at exit if the host never sent it), once
     /// per successful Configure: a second Deinit with no Configure between is a no-op.
     pub async fn deinit_once(&self) -> Result<(), Status> {
+        // Before the agent unloads us (Deinit) or we exit: the Attests recorded so far reach
+        // its metrics, best effort and bounded. Every call flushes, deinit or not: Attests
+        // that were in flight during a Deinit record after it.
+        self.metrics.flush(FINAL_FLUSH_WAIT).await;
         if self.deinitialized.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
