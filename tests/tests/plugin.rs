@@ -691,6 +691,9 @@ fn time_to_handshake(bin: &Path) -> Vec<Duration> {
     v
 }
 
+/// Back-to-back `Attest` calls per run of the plugin bench.
+const RUNS: [u64; 3] = [5000, 20_000, 80_000];
+
 /// `cargo xtask bench plugin` (release): the real `attestor` binary loaded by go-plugin,
 /// configured against the kubelet simulator, attesting a process in the cart pod.
 #[test]
@@ -721,11 +724,17 @@ fn bench_attest_round_trip_and_start_to_handshake() {
         host.attest_ok(pid),
         expected_app_selectors().into_iter().collect::<Vec<_>>()
     );
-    // 5,000 calls take under a second; 20,000 make sure the plugin's metrics flushes happen
-    // while calls are measured (`metrics_calls`: RPCs the host service got meanwhile; CPU:
-    // of the host, which also serves the metrics, and of the plugin, during the calls).
-    let with: Vec<Value> = [5000, 20_000]
-        .map(|n| host.call(json!({"op": "bench", "pid": pid, "n": n})))
+    // Bursts of 5,000 and 20,000 back-to-back calls (under 1 s, ~2 s: shorter than the
+    // plugin's longest metrics delay, so its flush follows the burst), and 80,000 (~9 s:
+    // sustained saturation, so flushes happen while calls are measured). `metrics_calls`:
+    // RPCs the host service got meanwhile; CPU: of the host, which also serves the metrics,
+    // and of the plugin, during the calls. A pause before each run lets the previous run's
+    // flush end first.
+    let with: Vec<Value> = RUNS
+        .map(|n| {
+            std::thread::sleep(Duration::from_secs(2));
+            host.call(json!({"op": "bench", "pid": pid, "n": n}))
+        })
         .into();
     let h = host.call(json!({"op": "bench", "mode": "health", "n": 5000}));
     assert_eq!(h["code"], "OK", "{h}");
@@ -761,7 +770,8 @@ fn bench_attest_round_trip_and_start_to_handshake() {
     let r = host.call(json!({"op": "load", "no_metrics": true}));
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(host.configure(&warm), ("OK".into(), String::new()));
-    for n in [5000, 20_000] {
+    for n in RUNS {
+        std::thread::sleep(Duration::from_secs(2));
         let r = host.call(json!({"op": "bench", "pid": pid, "n": n}));
         assert_eq!(r["code"], "OK", "{r}");
         assert_eq!(r["metrics_calls"], 0, "{r}");
