@@ -620,8 +620,8 @@ fn check_config_reports_every_problem_first_as_spire() {
     assert_eq!(
         stderr(&o),
         "error: InvalidArgument: unknown configurations detected: alpha,zeta\n\
-         error: InvalidArgument: cannot use both the read-only and secure port\n\
-         error: InvalidArgument: unable to parse reload interval: time: missing unit in duration \"1.5\"\n"
+         error: InvalidArgument: unable to parse reload interval: time: missing unit in duration \"1.5\"\n\
+         error: InvalidArgument: cannot use both the read-only and secure port\n"
     );
 }
 

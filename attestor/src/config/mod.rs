@@ -6,24 +6,31 @@
 //! 2. [`Config::parse`] decodes the keys it knows into typed options, then validates them,
 //!    collecting every problem. The first one becomes the `InvalidArgument` status, as in
 //!    SPIRE (which keeps the rest as `Validate` notes; [`ConfigErrors`] keeps them too).
+//!    SPIRE's checks come first, in the order of SPIRE v1.15.3's `buildConfig` (`k8s.go`):
+//!    unknown keys per struct level (top, `experimental`, `api_server`, `cache`, `broker`,
+//!    each broker entry; `pluginconf.ReportUnusedKeys`), the broker block
+//!    (`buildBrokerConfig`), `disable_kubelet_client` (`validateDisableKubeletClientConfig`),
+//!    the intervals, both ports; this project's own checks follow.
 //!
-//! Keys SPIRE has but we do not implement yet are refused, never silently ignored:
-//! `sigstore`, `experimental.broker`, `enable_namespace_labels = true`,
-//! `disable_kubelet_client = true` and `use_new_container_locator = false`.
-//! `experimental.api_server.cache.enabled` is accepted: in SPIRE it only affects the Broker
-//! API and namespace-label lookups, which cannot be enabled here, so it has no effect either.
+//! The API-server features are accepted with SPIRE's rules: `enable_namespace_labels`,
+//! `disable_kubelet_client`, `experimental.broker` (IDs read as go-spiffe reads them,
+//! [`spiffe_id`]) and `experimental.api_server.cache.enabled`.
+//! Keys SPIRE has but we do not implement are refused, never silently ignored:
+//! `sigstore` and `use_new_container_locator = false`.
 //!
 //! Out of scope: reading the CA, token and key files (the kubelet client does that at
 //! configure time and on reload; SPIRE's `Validate` does not read them either).
 
 mod duration;
 pub mod hcl;
+pub mod spiffe_id;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use duration::parse_go_duration;
 use hcl::Value;
+use spiffe_id::{SpiffeId, SpiffeIdError};
 
 use crate::goquote::go_quote;
 use crate::status::{Code, Status};
@@ -64,6 +71,28 @@ pub enum ConfigError {
     BothPorts,
     #[error("disable_kubelet_client cannot be used with {0}")]
     DisableKubeletClientWith(&'static str),
+    /// A broker whose `pod_reference_scope` is not `cluster` while `disable_kubelet_client`.
+    #[error(
+        "experimental.broker.brokers[{0}].pod_reference_scope must be \"cluster\" when disable_kubelet_client is true"
+    )]
+    DisableKubeletClientScope(String),
+    #[error(
+        "experimental.broker.access_policy: must be specified as one of [permissive, enforced]"
+    )]
+    BrokerAccessPolicyMissing,
+    #[error("experimental.broker.access_policy: unsupported value {}; must be one of [permissive, enforced]", go_quote(.0))]
+    BrokerAccessPolicyUnsupported(String),
+    #[error("experimental.broker.brokers: at least one broker is required")]
+    NoBrokers,
+    /// Entry `{0}` (0-based, across all list and block forms) has no `id`.
+    #[error("experimental.broker.brokers[{0}].id: must be specified")]
+    BrokerIdMissing(usize),
+    #[error("experimental.broker.brokers[{0}].id: duplicate broker id")]
+    BrokerIdDuplicate(String),
+    #[error("experimental.broker.brokers[{id}].id: {reason}")]
+    BrokerIdInvalid { id: String, reason: SpiffeIdError },
+    #[error("experimental.broker.brokers[{id}].pod_reference_scope: unsupported value {}; must be one of [agent_node, cluster]", go_quote(.value))]
+    PodReferenceScopeUnsupported { id: String, value: String },
     #[error("unable to parse poll retry interval: {0}")]
     PollRetryInterval(String),
     #[error("unable to parse reload interval: {0}")]
@@ -155,6 +184,74 @@ impl std::str::FromStr for TrackerMode {
     }
 }
 
+/// `experimental.broker.access_policy` (SPIRE's `brokerAccessPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessPolicy {
+    /// No SubjectAccessReview: a configured broker may reference any object it can name
+    /// (within its pod reference scope).
+    Permissive,
+    /// A SubjectAccessReview (verb `impersonate-via-spire`, user = the broker's SPIFFE ID)
+    /// must allow the broker for the resolved object.
+    Enforced,
+}
+
+impl AccessPolicy {
+    /// The spelling `plugin_data` uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessPolicy::Permissive => "permissive",
+            AccessPolicy::Enforced => "enforced",
+        }
+    }
+}
+
+/// `experimental.broker.brokers[].pod_reference_scope` (SPIRE's `podReferenceScope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PodReferenceScope {
+    /// Pod references resolve only to pods of this agent's node (the kubelet's pod list).
+    /// The default, also for `""`.
+    #[default]
+    AgentNode,
+    /// Pod references resolve to any pod in the cluster: the kubelet's list first when
+    /// there is a kubelet client, else (or when it lacks the pod) the API server.
+    Cluster,
+}
+
+impl PodReferenceScope {
+    /// The spelling `plugin_data` uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PodReferenceScope::AgentNode => "agent_node",
+            PodReferenceScope::Cluster => "cluster",
+        }
+    }
+}
+
+/// One accepted broker (SPIRE's `k8sBrokerEntry`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerEntry {
+    /// A valid SPIFFE ID ([`spiffe_id::SpiffeId::parse`]), as written.
+    pub id: String,
+    pub pod_reference_scope: PodReferenceScope,
+}
+
+/// `experimental.broker` (SPIRE's `k8sBrokerConfig`). Only built when every rule holds, so
+/// `brokers` is never empty and its IDs are unique and valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerConfig {
+    pub access_policy: AccessPolicy,
+    /// In configuration order (SPIRE keeps a map keyed by ID).
+    pub brokers: Vec<BrokerEntry>,
+}
+
+impl BrokerConfig {
+    /// The entry for a caller's SPIFFE ID, compared as strings (as SPIRE's map lookup by
+    /// `ID.String()` does).
+    pub fn entry(&self, id: &str) -> Option<&BrokerEntry> {
+        self.brokers.iter().find(|b| b.id == id)
+    }
+}
+
 /// Validated plugin configuration. Construct with [`Config::parse`] or `Config::default()`
 /// (SPIRE's defaults, as an empty `plugin_data` gives).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,6 +271,9 @@ pub struct Config {
     disable_container_selectors: bool,
     verbose_container_locator_logs: bool,
     api_server_cache: bool,
+    enable_namespace_labels: bool,
+    disable_kubelet_client: bool,
+    broker: Option<BrokerConfig>,
     tracker: TrackerMode,
     tracker_max_processes: u32,
     container_runtime_endpoint: Option<PathBuf>,
@@ -197,6 +297,9 @@ impl Default for Config {
             disable_container_selectors: false,
             verbose_container_locator_logs: false,
             api_server_cache: false,
+            enable_namespace_labels: false,
+            disable_kubelet_client: false,
+            broker: None,
             tracker: TrackerMode::Auto,
             tracker_max_processes: DEFAULT_TRACKER_MAX_PROCESSES,
             container_runtime_endpoint: None,
@@ -319,9 +422,28 @@ impl Config {
         self.verbose_container_locator_logs
     }
 
-    /// `experimental.api_server.cache.enabled` (accepted, no effect yet; see module doc).
+    /// `experimental.api_server.cache.enabled`: in SPIRE, namespace labels and the Broker
+    /// API's metadata lookups are served from a watched cache instead of live GETs (pods and
+    /// SubjectAccessReviews are always live).
     pub fn experimental_api_server_cache(&self) -> bool {
         self.api_server_cache
+    }
+
+    /// `enable_namespace_labels`: `ns-label:<key>:<value>` selectors from the workload
+    /// namespace's labels, read from the API server.
+    pub fn enable_namespace_labels(&self) -> bool {
+        self.enable_namespace_labels
+    }
+
+    /// `disable_kubelet_client`: no kubelet client; `Attest` by PID and `agent_node` pod
+    /// references fail (every broker is `cluster`-scoped then).
+    pub fn disable_kubelet_client(&self) -> bool {
+        self.disable_kubelet_client
+    }
+
+    /// `experimental.broker`: the brokers allowed to call `AttestReference`.
+    pub fn broker(&self) -> Option<&BrokerConfig> {
+        self.broker.as_ref()
     }
 
     pub fn tracker(&self) -> TrackerMode {
@@ -391,6 +513,7 @@ pub fn parse_runtime_endpoint(text: &str) -> Result<PathBuf, String> {
 // --- Stage 2a: raw keys → typed options ---------------------------------------------------
 
 /// The keys as written, typed but not yet checked. `None` = absent (or JSON null).
+/// Unknown keys are kept per struct level, as SPIRE's HCL structs keep `UnusedKeyPositions`.
 #[derive(Debug, Default)]
 struct Raw {
     kubelet_read_only_port: Option<i64>,
@@ -412,11 +535,30 @@ struct Raw {
     enable_namespace_labels: Option<bool>,
     disable_kubelet_client: Option<bool>,
     sigstore: bool,
-    broker: bool,
+    broker: Option<RawBroker>,
     api_server_cache: Option<bool>,
     tracker: Option<String>,
     tracker_max_processes: Option<i64>,
     container_runtime_endpoint: Option<String>,
+    unknown: Vec<String>,
+    unknown_experimental: Vec<String>,
+    unknown_api_server: Vec<String>,
+    unknown_cache: Vec<String>,
+}
+
+/// `experimental.broker` as written (SPIRE's `k8sBrokerHCLConfig`).
+#[derive(Debug, Default)]
+struct RawBroker {
+    access_policy: Option<String>,
+    brokers: Vec<RawBrokerEntry>,
+    unknown: Vec<String>,
+}
+
+/// One `brokers` entry as written (SPIRE's `k8sBrokerHCLEntry`).
+#[derive(Debug, Default)]
+struct RawBrokerEntry {
+    id: Option<String>,
+    pod_reference_scope: Option<String>,
     unknown: Vec<String>,
 }
 
@@ -455,9 +597,9 @@ impl Raw {
                 "experimental" => {
                     for (key, value) in object(key, value)? {
                         match key.to_ascii_lowercase().as_str() {
-                            "broker" => raw.broker |= !matches!(value, Value::Null),
+                            "broker" => raw.decode_broker(key, value)?,
                             "api_server" => raw.decode_api_server(key, value)?,
-                            _ => raw.unknown.push(key.clone()),
+                            _ => raw.unknown_experimental.push(key.clone()),
                         }
                     }
                 }
@@ -475,15 +617,58 @@ impl Raw {
     fn decode_api_server(&mut self, key: &str, value: &Value) -> Result<(), String> {
         for (key, value) in object(key, value)? {
             if !key.eq_ignore_ascii_case("cache") {
-                self.unknown.push(key.clone());
+                self.unknown_api_server.push(key.clone());
                 continue;
             }
             for (key, value) in object(key, value)? {
                 if key.eq_ignore_ascii_case("enabled") {
                     self.api_server_cache = boolean(key, value)?;
                 } else {
-                    self.unknown.push(key.clone());
+                    self.unknown_cache.push(key.clone());
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// `broker { … }` / `broker = { … }` (repeated blocks merge); JSON null = absent.
+    fn decode_broker(&mut self, key: &str, value: &Value) -> Result<(), String> {
+        if matches!(value, Value::Null) {
+            return Ok(());
+        }
+        let items = object(key, value)?;
+        let broker = self.broker.get_or_insert_with(RawBroker::default);
+        for (key, value) in items {
+            match key.to_ascii_lowercase().as_str() {
+                "access_policy" => broker.access_policy = string(key, value)?,
+                "brokers" => {
+                    // `brokers = [{…}, …]`, repeated `brokers { … }` blocks, or both: one list.
+                    let entries: &[Value] = match value {
+                        Value::List(list) => list,
+                        Value::Null => &[],
+                        single => std::slice::from_ref(single),
+                    };
+                    for entry in entries {
+                        let Value::Object(fields) = entry else {
+                            return Err(format!(
+                                "{key}: expected an object, got {}",
+                                describe(entry)
+                            ));
+                        };
+                        let mut raw_entry = RawBrokerEntry::default();
+                        for (key, value) in fields {
+                            match key.to_ascii_lowercase().as_str() {
+                                "id" => raw_entry.id = string(key, value)?,
+                                "pod_reference_scope" => {
+                                    raw_entry.pod_reference_scope = string(key, value)?
+                                }
+                                _ => raw_entry.unknown.push(key.clone()),
+                            }
+                        }
+                        broker.brokers.push(raw_entry);
+                    }
+                }
+                _ => broker.unknown.push(key.clone()),
             }
         }
         Ok(())
@@ -495,66 +680,52 @@ impl Raw {
         let mut errors = Vec::new();
         let mut config = Config::default();
 
-        if !self.unknown.is_empty() {
-            let mut keys = self.unknown.clone();
-            keys.sort();
-            keys.dedup();
-            errors.push(ConfigError::UnknownKeys(keys));
+        // SPIRE's checks, in `buildConfig`'s order, so the first error is SPIRE's.
+        for unknown in [
+            &self.unknown,
+            &self.unknown_experimental,
+            &self.unknown_api_server,
+            &self.unknown_cache,
+        ] {
+            report_unknown(&mut errors, unknown);
+        }
+        let broker = self
+            .broker
+            .as_ref()
+            .map(|b| validate_broker(b, &mut errors));
+        if self.disable_kubelet_client == Some(true) {
+            self.validate_disable_kubelet_client(broker.as_ref(), &mut errors);
+        }
+        let poll_retry_interval = self
+            .poll_retry_interval
+            .as_deref()
+            .filter(|s| !s.is_empty());
+        if let Some(interval) = poll_retry_interval {
+            match parse_go_duration(interval) {
+                Ok(ns) if ns > 0 => config.poll_retry_interval = nanos(ns),
+                Ok(_) => {}
+                Err(e) => errors.push(ConfigError::PollRetryInterval(e)),
+            }
+        }
+        if let Some(interval) = self.reload_interval.as_deref().filter(|s| !s.is_empty()) {
+            match parse_go_duration(interval) {
+                Ok(ns) if ns > 0 => config.reload_interval = nanos(ns),
+                Ok(_) => {}
+                Err(e) => errors.push(ConfigError::ReloadInterval(e)),
+            }
+        }
+        // Values ≤ 0 mean "unset".
+        let read_only = self.kubelet_read_only_port.filter(|&p| p > 0);
+        let secure = self.kubelet_secure_port.filter(|&p| p > 0);
+        if read_only.is_some() && secure.is_some() {
+            errors.push(ConfigError::BothPorts);
         }
 
+        // Ours: features refused, then our limits and keys.
         if self.sigstore {
             errors.push(ConfigError::NotSupported {
                 key: "sigstore",
                 hint: "image signature verification is not implemented; remove the sigstore block",
-            });
-        }
-        if self.broker {
-            errors.push(ConfigError::NotSupported {
-                key: "experimental.broker",
-                hint: "the SPIRE Broker API is not implemented; remove the broker block",
-            });
-        }
-        if self.enable_namespace_labels == Some(true) {
-            errors.push(ConfigError::NotSupported {
-                key: "enable_namespace_labels",
-                hint: "ns-label selectors need the Kubernetes API server, which this attestor does not call; remove the key or set it to false",
-            });
-        }
-        if self.disable_kubelet_client == Some(true) {
-            // SPIRE's own exclusivity check first, so its message comes first.
-            let set: [(&'static str, bool); 11] = [
-                (
-                    "kubelet_read_only_port",
-                    self.kubelet_read_only_port.is_some_and(|p| p != 0),
-                ),
-                (
-                    "kubelet_secure_port",
-                    self.kubelet_secure_port.is_some_and(|p| p != 0),
-                ),
-                ("kubelet_ca_path", non_empty(&self.kubelet_ca_path)),
-                (
-                    "skip_kubelet_verification",
-                    self.skip_kubelet_verification == Some(true),
-                ),
-                ("token_path", non_empty(&self.token_path)),
-                ("certificate_path", non_empty(&self.certificate_path)),
-                ("private_key_path", non_empty(&self.private_key_path)),
-                (
-                    "use_anonymous_authentication",
-                    self.use_anonymous_authentication == Some(true),
-                ),
-                ("node_name_env", non_empty(&self.node_name_env)),
-                ("node_name", non_empty(&self.node_name)),
-                ("reload_interval", non_empty(&self.reload_interval)),
-            ];
-            for (key, is_set) in set {
-                if is_set {
-                    errors.push(ConfigError::DisableKubeletClientWith(key));
-                }
-            }
-            errors.push(ConfigError::NotSupported {
-                key: "disable_kubelet_client",
-                hint: "this attestor always reads pods from the kubelet; remove the key or set it to false",
             });
         }
         if self.use_new_container_locator == Some(false) {
@@ -563,12 +734,7 @@ impl Raw {
                 hint: "the legacy container locator is not implemented (SPIRE deprecates it); remove the key or set it to true",
             });
         }
-
-        // Values ≤ 0 mean "unset".
-        let read_only = self.kubelet_read_only_port.filter(|&p| p > 0);
-        let secure = self.kubelet_secure_port.filter(|&p| p > 0);
         match (read_only, secure) {
-            (Some(_), Some(_)) => errors.push(ConfigError::BothPorts),
             (Some(p), None) => match port("kubelet_read_only_port", p) {
                 Ok(p) => config.kubelet_port = KubeletPort::ReadOnly(p),
                 Err(e) => errors.push(e),
@@ -577,22 +743,7 @@ impl Raw {
                 Ok(p) => config.kubelet_port = KubeletPort::Secure(p),
                 Err(e) => errors.push(e),
             },
-            (None, None) => {}
-        }
-
-        if let Some(interval) = self.poll_retry_interval.filter(|s| !s.is_empty()) {
-            match parse_go_duration(&interval) {
-                Ok(ns) if ns > 0 => config.poll_retry_interval = nanos(ns),
-                Ok(_) => {}
-                Err(e) => errors.push(ConfigError::PollRetryInterval(e)),
-            }
-        }
-        if let Some(interval) = self.reload_interval.filter(|s| !s.is_empty()) {
-            match parse_go_duration(&interval) {
-                Ok(ns) if ns > 0 => config.reload_interval = nanos(ns),
-                Ok(_) => {}
-                Err(e) => errors.push(ConfigError::ReloadInterval(e)),
-            }
+            _ => {}
         }
 
         match self.tracker.as_deref().map(str::parse::<TrackerMode>) {
@@ -661,8 +812,139 @@ impl Raw {
         config.verbose_container_locator_logs =
             self.verbose_container_locator_logs.unwrap_or(false);
         config.api_server_cache = self.api_server_cache.unwrap_or(false);
+        config.enable_namespace_labels = self.enable_namespace_labels.unwrap_or(false);
+        config.disable_kubelet_client = self.disable_kubelet_client.unwrap_or(false);
+        // No errors, so a broker block has a policy (and at least one valid entry).
+        config.broker = broker.and_then(|(policy, brokers)| {
+            policy.map(|access_policy| BrokerConfig {
+                access_policy,
+                brokers,
+            })
+        });
         Ok(config)
     }
+
+    /// SPIRE's `validateDisableKubeletClientConfig` (called only when the key is true):
+    /// the kubelet keys it conflicts with, then every accepted broker must be `cluster`.
+    /// SPIRE walks its broker map in Go's random order; we go in configuration order.
+    fn validate_disable_kubelet_client(
+        &self,
+        broker: Option<&(Option<AccessPolicy>, Vec<BrokerEntry>)>,
+        errors: &mut Vec<ConfigError>,
+    ) {
+        let conflicts: [(&'static str, bool); 11] = [
+            (
+                "kubelet_read_only_port",
+                self.kubelet_read_only_port.is_some_and(|p| p > 0),
+            ),
+            (
+                "kubelet_secure_port",
+                self.kubelet_secure_port.is_some_and(|p| p > 0),
+            ),
+            ("kubelet_ca_path", non_empty(&self.kubelet_ca_path)),
+            (
+                "skip_kubelet_verification",
+                self.skip_kubelet_verification == Some(true),
+            ),
+            ("token_path", non_empty(&self.token_path)),
+            ("certificate_path", non_empty(&self.certificate_path)),
+            ("private_key_path", non_empty(&self.private_key_path)),
+            (
+                "use_anonymous_authentication",
+                self.use_anonymous_authentication == Some(true),
+            ),
+            ("node_name_env", non_empty(&self.node_name_env)),
+            ("node_name", non_empty(&self.node_name)),
+            ("reload_interval", non_empty(&self.reload_interval)),
+        ];
+        for (key, is_set) in conflicts {
+            if is_set {
+                errors.push(ConfigError::DisableKubeletClientWith(key));
+            }
+        }
+        for entry in broker.map_or(&[][..], |(_, entries)| entries) {
+            if entry.pod_reference_scope != PodReferenceScope::Cluster {
+                errors.push(ConfigError::DisableKubeletClientScope(entry.id.clone()));
+            }
+        }
+    }
+}
+
+/// SPIRE's `pluginconf.ReportUnusedKeys` for one struct level: one error, keys sorted.
+fn report_unknown(errors: &mut Vec<ConfigError>, unknown: &[String]) {
+    if unknown.is_empty() {
+        return;
+    }
+    let mut keys = unknown.to_vec();
+    keys.sort();
+    keys.dedup();
+    errors.push(ConfigError::UnknownKeys(keys));
+}
+
+/// SPIRE's `buildBrokerConfig` (with `buildBrokerAccessPolicy`, `buildPodReferenceScope`):
+/// the policy (`None` if invalid) and the entries that passed, in order.
+fn validate_broker(
+    raw: &RawBroker,
+    errors: &mut Vec<ConfigError>,
+) -> (Option<AccessPolicy>, Vec<BrokerEntry>) {
+    report_unknown(errors, &raw.unknown);
+    let policy = match raw.access_policy.as_deref().unwrap_or("") {
+        "permissive" => Some(AccessPolicy::Permissive),
+        "enforced" => Some(AccessPolicy::Enforced),
+        "" => {
+            errors.push(ConfigError::BrokerAccessPolicyMissing);
+            None
+        }
+        other => {
+            errors.push(ConfigError::BrokerAccessPolicyUnsupported(
+                other.to_string(),
+            ));
+            None
+        }
+    };
+    if raw.brokers.is_empty() {
+        errors.push(ConfigError::NoBrokers);
+        return (policy, Vec::new());
+    }
+    let mut entries: Vec<BrokerEntry> = Vec::with_capacity(raw.brokers.len());
+    let mut seen: Vec<&str> = Vec::with_capacity(raw.brokers.len());
+    for (i, b) in raw.brokers.iter().enumerate() {
+        report_unknown(errors, &b.unknown);
+        let id = b.id.as_deref().unwrap_or("");
+        if id.is_empty() {
+            errors.push(ConfigError::BrokerIdMissing(i));
+            continue;
+        }
+        // Checked before the ID is parsed, as SPIRE does.
+        if seen.contains(&id) {
+            errors.push(ConfigError::BrokerIdDuplicate(id.to_string()));
+            continue;
+        }
+        seen.push(id);
+        if let Err(reason) = SpiffeId::parse(id) {
+            errors.push(ConfigError::BrokerIdInvalid {
+                id: id.to_string(),
+                reason,
+            });
+            continue;
+        }
+        let pod_reference_scope = match b.pod_reference_scope.as_deref().unwrap_or("") {
+            "agent_node" | "" => PodReferenceScope::AgentNode,
+            "cluster" => PodReferenceScope::Cluster,
+            other => {
+                errors.push(ConfigError::PodReferenceScopeUnsupported {
+                    id: id.to_string(),
+                    value: other.to_string(),
+                });
+                continue;
+            }
+        };
+        entries.push(BrokerEntry {
+            id: id.to_string(),
+            pod_reference_scope,
+        });
+    }
+    (policy, entries)
 }
 
 fn non_empty(v: &Option<String>) -> bool {

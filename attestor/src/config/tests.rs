@@ -207,14 +207,42 @@ fn port_out_of_range_beyond_spire() {
 }
 
 #[test]
-fn unknown_keys_are_sorted_and_nested_ones_count() {
+fn unknown_keys_are_sorted_and_reported_per_level() {
     assert_eq!(
         first_error("zeta = 1\nalpha = \"x\"\nkubelet_secure_port = 1"),
         "unknown configurations detected: alpha,zeta"
     );
+    // One error per struct level (pluginconf.ReportUnusedKeys per UnusedKeyPositions), in
+    // buildConfig's order: top, experimental, api_server, cache, broker, each broker entry.
     assert_eq!(
-        first_error("experimental { foo = 1\n api_server { bar = 2\n cache { baz = true } } }"),
-        "unknown configurations detected: bar,baz,foo"
+        all_errors(
+            "experimental { foo = 1\n api_server { bar = 2\n cache { baz = true } } }\nzz = 1"
+        ),
+        [
+            "unknown configurations detected: zz",
+            "unknown configurations detected: foo",
+            "unknown configurations detected: bar",
+            "unknown configurations detected: baz",
+        ]
+    );
+    assert_eq!(
+        all_errors(
+            r#"experimental {
+                 x = 1
+                 broker {
+                   b = 1
+                   access_policy = "permissive"
+                   brokers = [{ id = "spiffe://td/a", e1 = 1 }, { id = "spiffe://td/b", e2 = 2, e0 = 0 }]
+                 }
+                 cache { c = 1 }
+               }"#
+        ),
+        [
+            "unknown configurations detected: cache,x",
+            "unknown configurations detected: b",
+            "unknown configurations detected: e1",
+            "unknown configurations detected: e0,e2",
+        ]
     );
     // SPIRE moved sigstore out of experimental (#6906): there it is unknown.
     assert_eq!(
@@ -330,37 +358,427 @@ fn unsupported_keys_are_refused() {
         first_error("sigstore {\n  rekor_url = \"https://rekor\"\n}"),
         "sigstore is not supported yet: image signature verification is not implemented; remove the sigstore block"
     );
-    assert_eq!(
-        first_error("experimental {\n broker {\n access_policy = \"permissive\"\n }\n}"),
-        "experimental.broker is not supported yet: the SPIRE Broker API is not implemented; remove the broker block"
-    );
-    assert!(
-        first_error("enable_namespace_labels = true")
-            .starts_with("enable_namespace_labels is not supported yet: ")
-    );
-    assert!(ok("enable_namespace_labels = false").kubelet_port() == KubeletPort::Secure(10250));
     assert!(
         first_error("use_new_container_locator = false")
             .starts_with("use_new_container_locator = false is not supported yet: ")
     );
-    assert!(
-        first_error("disable_kubelet_client = true")
-            .starts_with("disable_kubelet_client is not supported yet: ")
+    // SPIRE's errors come before our refusals.
+    assert_eq!(
+        all_errors("sigstore {}\nuse_new_container_locator = false\nbogus = 1"),
+        [
+            "unknown configurations detected: bogus",
+            "sigstore is not supported yet: image signature verification is not implemented; remove the sigstore block",
+            "use_new_container_locator = false is not supported yet: the legacy container locator is not implemented (SPIRE deprecates it); remove the key or set it to true",
+        ]
     );
-    ok("disable_kubelet_client = false");
 }
 
 #[test]
-fn disable_kubelet_client_exclusivity_messages_come_first() {
+fn api_server_features_are_accepted() {
+    let c = ok("enable_namespace_labels = true");
+    assert!(c.enable_namespace_labels());
+    assert!(!c.disable_kubelet_client());
+    assert_eq!(c.broker(), None);
+    let c = ok("disable_kubelet_client = true");
+    assert!(c.disable_kubelet_client());
+    assert!(!c.enable_namespace_labels());
+    let c = ok("enable_namespace_labels = false\ndisable_kubelet_client = false");
+    assert_eq!(c, Config::default());
+}
+
+// SPIRE k8s_test.go TestConfigure "disable kubelet client with kubelet config", and every
+// key of validateDisableKubeletClientConfig's list, in its order.
+#[test]
+fn disable_kubelet_client_conflicts() {
+    assert_eq!(
+        first_error("disable_kubelet_client = true\nkubelet_secure_port = 12345"),
+        "disable_kubelet_client cannot be used with kubelet_secure_port"
+    );
     assert_eq!(
         all_errors(
-            "disable_kubelet_client = true\nkubelet_secure_port = 10250\nnode_name = \"n\"\nreload_interval = \"1m\""
+            r#"disable_kubelet_client = true
+               reload_interval = "1m"
+               node_name = "n"
+               node_name_env = "E"
+               use_anonymous_authentication = true
+               private_key_path = "/k"
+               certificate_path = "/c"
+               token_path = "/t"
+               skip_kubelet_verification = true
+               kubelet_ca_path = "/ca"
+               kubelet_secure_port = 1
+               kubelet_read_only_port = 2"#
         ),
         [
+            "disable_kubelet_client cannot be used with kubelet_read_only_port",
+            "disable_kubelet_client cannot be used with kubelet_secure_port",
+            "disable_kubelet_client cannot be used with kubelet_ca_path",
+            "disable_kubelet_client cannot be used with skip_kubelet_verification",
+            "disable_kubelet_client cannot be used with token_path",
+            "disable_kubelet_client cannot be used with certificate_path",
+            "disable_kubelet_client cannot be used with private_key_path",
+            "disable_kubelet_client cannot be used with use_anonymous_authentication",
+            "disable_kubelet_client cannot be used with node_name_env",
+            "disable_kubelet_client cannot be used with node_name",
+            "disable_kubelet_client cannot be used with reload_interval",
+            "cannot use both the read-only and secure port",
+        ]
+    );
+    // Set means > 0 / non-empty / true, as SPIRE tests it.
+    let c = ok(r#"disable_kubelet_client = true
+                  kubelet_read_only_port = 0
+                  kubelet_secure_port = -1
+                  kubelet_ca_path = ""
+                  skip_kubelet_verification = false
+                  token_path = ""
+                  use_anonymous_authentication = false
+                  node_name_env = ""
+                  reload_interval = """#);
+    assert!(c.disable_kubelet_client());
+    // Not a conflict without disable_kubelet_client.
+    ok("disable_kubelet_client = false\nkubelet_secure_port = 12345");
+}
+
+// SPIRE k8s_test.go testBrokerConfigWithAccessPolicy.
+fn broker_block(access_policy: &str, scope: Option<&str>) -> String {
+    let scope = scope
+        .map(|s| format!("\n            pod_reference_scope = \"{s}\""))
+        .unwrap_or_default();
+    format!(
+        r#"
+    experimental {{
+      broker {{
+        access_policy = "{access_policy}"
+        brokers = [
+          {{
+            id = "spiffe://example.org/broker"{scope}
+          }}
+        ]
+      }}
+    }}
+"#
+    )
+}
+
+fn broker_of(text: &str) -> BrokerConfig {
+    ok(text).broker().cloned().expect("a broker block")
+}
+
+fn entry(id: &str, scope: PodReferenceScope) -> BrokerEntry {
+    BrokerEntry {
+        id: id.to_string(),
+        pod_reference_scope: scope,
+    }
+}
+
+// SPIRE k8s_test.go TestConfigureBroker, all 13 cases (first error = SPIRE's message).
+#[test]
+fn spire_configure_broker_cases() {
+    let ro = "kubelet_read_only_port = 12345\n";
+    // valid broker
+    let b = broker_of(&format!("{ro}{}", broker_block("permissive", None)));
+    assert_eq!(b.access_policy, AccessPolicy::Permissive);
+    assert_eq!(
+        b.brokers,
+        [entry(
+            "spiffe://example.org/broker",
+            PodReferenceScope::AgentNode
+        )]
+    );
+    // valid broker with kubelet client disabled
+    let c = ok(&format!(
+        "disable_kubelet_client = true\n{}",
+        broker_block("permissive", Some("cluster"))
+    ));
+    assert!(c.disable_kubelet_client());
+    assert_eq!(
+        c.broker().unwrap().brokers,
+        [entry(
+            "spiffe://example.org/broker",
+            PodReferenceScope::Cluster
+        )]
+    );
+    // disable kubelet client requires cluster pod reference scope
+    assert_eq!(
+        first_error(&format!(
+            "disable_kubelet_client = true\n{}",
+            broker_block("permissive", None)
+        )),
+        r#"experimental.broker.brokers[spiffe://example.org/broker].pod_reference_scope must be "cluster" when disable_kubelet_client is true"#
+    );
+    // top-level broker is rejected
+    assert_eq!(
+        first_error(&format!(
+            r#"{ro}broker {{
+                 access_policy = "permissive"
+                 brokers = [
+                   {{ id = "spiffe://example.org/broker" }}
+                 ]
+               }}"#
+        )),
+        "unknown configurations detected: broker"
+    );
+    // valid pod reference scope
+    let b = broker_of(&format!(
+        "{ro}{}",
+        broker_block("permissive", Some("cluster"))
+    ));
+    assert_eq!(b.brokers[0].pod_reference_scope, PodReferenceScope::Cluster);
+    // valid enforced access policy
+    let b = broker_of(&format!("{ro}{}", broker_block("enforced", None)));
+    assert_eq!(b.access_policy, AccessPolicy::Enforced);
+    let brokers = |body: &str| format!("{ro}experimental {{\n  broker {{\n{body}\n  }}\n}}\n");
+    for (name, body, want) in [
+        (
+            "missing access policy",
+            r#"brokers = [ { id = "spiffe://example.org/broker" } ]"#,
+            "experimental.broker.access_policy: must be specified as one of [permissive, enforced]",
+        ),
+        (
+            "invalid access policy",
+            r#"access_policy = "disabled"
+               brokers = [ { id = "spiffe://example.org/broker" } ]"#,
+            r#"experimental.broker.access_policy: unsupported value "disabled"; must be one of [permissive, enforced]"#,
+        ),
+        (
+            "empty brokers",
+            r#"access_policy = "permissive"
+               brokers = []"#,
+            "experimental.broker.brokers: at least one broker is required",
+        ),
+        (
+            "missing id",
+            r#"access_policy = "permissive"
+               brokers = [
+                 {}
+               ]"#,
+            "experimental.broker.brokers[0].id: must be specified",
+        ),
+        (
+            "duplicate id",
+            r#"access_policy = "permissive"
+               brokers = [
+                 { id = "spiffe://example.org/broker" },
+                 { id = "spiffe://example.org/broker" },
+               ]"#,
+            "experimental.broker.brokers[spiffe://example.org/broker].id: duplicate broker id",
+        ),
+        (
+            // SPIRE checks the prefix; go-spiffe's text follows.
+            "invalid id",
+            r#"access_policy = "permissive"
+               brokers = [
+                 { id = "not-a-spiffe-id" }
+               ]"#,
+            "experimental.broker.brokers[not-a-spiffe-id].id: scheme is missing or invalid",
+        ),
+        (
+            "invalid pod reference scope",
+            r#"access_policy = "permissive"
+               brokers = [
+                 {
+                   id = "spiffe://example.org/broker"
+                   pod_reference_scope = "Cluster"
+                 }
+               ]"#,
+            r#"experimental.broker.brokers[spiffe://example.org/broker].pod_reference_scope: unsupported value "Cluster"; must be one of [agent_node, cluster]"#,
+        ),
+    ] {
+        assert_eq!(first_error(&brokers(body)), want, "{name}");
+    }
+}
+
+#[test]
+fn broker_forms_hcl_blocks_and_json() {
+    let want = BrokerConfig {
+        access_policy: AccessPolicy::Enforced,
+        brokers: vec![
+            entry("spiffe://example.org/a", PodReferenceScope::AgentNode),
+            entry("spiffe://example.org/b", PodReferenceScope::Cluster),
+        ],
+    };
+    for text in [
+        // List of objects.
+        r#"experimental { broker {
+             access_policy = "enforced"
+             brokers = [{ id = "spiffe://example.org/a" }, { id = "spiffe://example.org/b", pod_reference_scope = "cluster" }]
+           } }"#,
+        // Repeated blocks.
+        r#"experimental {
+             broker {
+               access_policy = "enforced"
+               brokers {
+                 id = "spiffe://example.org/a"
+                 pod_reference_scope = ""
+               }
+               brokers {
+                 id = "spiffe://example.org/b"
+                 pod_reference_scope = "cluster"
+               }
+             }
+           }"#,
+        // What the agent prints for a JSON agent config.
+        r#""experimental" = {
+             "broker" = {
+               "access_policy" = "enforced"
+               "brokers" = [{ "id" = "spiffe://example.org/a" }, { "id" = "spiffe://example.org/b", "pod_reference_scope" = "cluster" }]
+             }
+           }"#,
+        // JSON, and JSON's block form (a list of objects at each level).
+        r#"{"experimental": {"broker": {"access_policy": "enforced", "brokers": [
+             {"id": "spiffe://example.org/a"},
+             {"id": "spiffe://example.org/b", "pod_reference_scope": "cluster"}]}}}"#,
+        r#"{"experimental": [{"broker": [{"access_policy": "enforced", "brokers": [
+             {"id": "spiffe://example.org/a", "pod_reference_scope": null},
+             {"id": "spiffe://example.org/b", "pod_reference_scope": "cluster"}]}]}]}"#,
+        // HCL v1 matches keys case-insensitively.
+        r#"Experimental { BROKER {
+             Access_Policy = "enforced"
+             Brokers = [{ ID = "spiffe://example.org/a" }, { Id = "spiffe://example.org/b", POD_REFERENCE_SCOPE = "cluster" }]
+           } }"#,
+    ] {
+        assert_eq!(broker_of(text), want, "{text}");
+    }
+    let b = broker_of(&broker_block("permissive", None));
+    assert_eq!(
+        b.entry("spiffe://example.org/broker")
+            .map(|e| e.pod_reference_scope),
+        Some(PodReferenceScope::AgentNode)
+    );
+    assert_eq!(b.entry("spiffe://example.org/other"), None);
+    assert_eq!(b.access_policy.as_str(), "permissive");
+    assert_eq!(PodReferenceScope::Cluster.as_str(), "cluster");
+    assert_eq!(PodReferenceScope::AgentNode.as_str(), "agent_node");
+    assert_eq!(AccessPolicy::Enforced.as_str(), "enforced");
+    // Values are case-sensitive (only keys are not).
+    assert_eq!(
+        first_error(&broker_block("Enforced", None)),
+        r#"experimental.broker.access_policy: unsupported value "Enforced"; must be one of [permissive, enforced]"#
+    );
+    // JSON null broker = absent.
+    assert_eq!(ok(r#"{"experimental": {"broker": null}}"#).broker(), None);
+}
+
+#[test]
+fn broker_edge_cases() {
+    // An empty block, and no brokers key at all.
+    assert_eq!(
+        all_errors("experimental { broker {} }"),
+        [
+            "experimental.broker.access_policy: must be specified as one of [permissive, enforced]",
+            "experimental.broker.brokers: at least one broker is required",
+        ]
+    );
+    // Every entry is checked; the index counts across the whole list; ids are not parsed
+    // before the duplicate check; invalid entries do not count for disable_kubelet_client.
+    assert_eq!(
+        all_errors(
+            r#"disable_kubelet_client = true
+               experimental { broker {
+                 access_policy = "permissive"
+                 brokers = [
+                   { id = "spiffe://td/ok" },
+                   { pod_reference_scope = "cluster" },
+                   { id = "spiffe://td/" },
+                   { id = "spiffe://td/" },
+                   { id = "spiffe://td/ok" },
+                   { id = "spiffe://td/x", pod_reference_scope = "node" },
+                   { id = "spiffe://td/c", pod_reference_scope = "cluster" },
+                   { id = "spiffe://td/n", pod_reference_scope = "agent_node" },
+                 ]
+               } }"#
+        ),
+        [
+            "experimental.broker.brokers[1].id: must be specified",
+            "experimental.broker.brokers[spiffe://td/].id: path cannot have a trailing slash",
+            "experimental.broker.brokers[spiffe://td/].id: duplicate broker id",
+            "experimental.broker.brokers[spiffe://td/ok].id: duplicate broker id",
+            r#"experimental.broker.brokers[spiffe://td/x].pod_reference_scope: unsupported value "node"; must be one of [agent_node, cluster]"#,
+            r#"experimental.broker.brokers[spiffe://td/ok].pod_reference_scope must be "cluster" when disable_kubelet_client is true"#,
+            r#"experimental.broker.brokers[spiffe://td/n].pod_reference_scope must be "cluster" when disable_kubelet_client is true"#,
+        ]
+    );
+    // go-spiffe's texts for IDs.
+    for (id, reason) in [
+        (
+            "spiffe://Example.org/b",
+            "trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores",
+        ),
+        ("spiffe:///b", "trust domain is missing"),
+        ("spiffe://td/a//b", "path cannot contain empty segments"),
+        ("spiffe://td/a/../b", "path cannot contain dot segments"),
+        (
+            "spiffe://td/a b",
+            "path segment characters are limited to letters, numbers, dots, dashes, and underscores",
+        ),
+    ] {
+        assert_eq!(
+            first_error(&format!(
+                "experimental {{ broker {{\naccess_policy = \"enforced\"\nbrokers {{ id = \"{id}\" }}\n}} }}"
+            )),
+            format!("experimental.broker.brokers[{id}].id: {reason}")
+        );
+    }
+    // A trust domain alone is a valid ID.
+    assert_eq!(
+        broker_of(&broker_block("permissive", None).replace("/broker", "")).brokers[0].id,
+        "spiffe://example.org"
+    );
+    // Wrong shapes are decode errors.
+    assert_eq!(
+        first_error("experimental { broker { brokers = [\"spiffe://td/a\"] } }"),
+        "unable to decode configuration: brokers: expected an object, got string \"spiffe://td/a\""
+    );
+    assert_eq!(
+        first_error("experimental { broker { brokers = [{ id = [1] }] } }"),
+        "unable to decode configuration: id: expected a string, got list"
+    );
+}
+
+#[test]
+fn broker_errors_in_buildconfig_order() {
+    // unknown (top, experimental, api_server, cache, broker, entry) → broker rules →
+    // disable_kubelet_client → intervals → ports → ours.
+    assert_eq!(
+        all_errors(
+            r#"top = 1
+               disable_kubelet_client = true
+               node_name = "n"
+               poll_retry_interval = "p"
+               reload_interval = "r"
+               kubelet_read_only_port = 1
+               kubelet_secure_port = 2
+               tracker = "t"
+               sigstore {}
+               experimental {
+                 e = 1
+                 api_server { a = 1
+                   cache { c = 1 } }
+                 broker {
+                   bk = 1
+                   access_policy = "bad"
+                   brokers = [{ id = "spiffe://td/a", en = 1 }]
+                 }
+               }"#
+        ),
+        [
+            "unknown configurations detected: top",
+            "unknown configurations detected: e",
+            "unknown configurations detected: a",
+            "unknown configurations detected: c",
+            "unknown configurations detected: bk",
+            r#"experimental.broker.access_policy: unsupported value "bad"; must be one of [permissive, enforced]"#,
+            "unknown configurations detected: en",
+            "disable_kubelet_client cannot be used with kubelet_read_only_port",
             "disable_kubelet_client cannot be used with kubelet_secure_port",
             "disable_kubelet_client cannot be used with node_name",
             "disable_kubelet_client cannot be used with reload_interval",
-            "disable_kubelet_client is not supported yet: this attestor always reads pods from the kubelet; remove the key or set it to false",
+            r#"experimental.broker.brokers[spiffe://td/a].pod_reference_scope must be "cluster" when disable_kubelet_client is true"#,
+            "unable to parse poll retry interval: time: invalid duration \"p\"",
+            "unable to parse reload interval: time: invalid duration \"r\"",
+            "cannot use both the read-only and secure port",
+            "sigstore is not supported yet: image signature verification is not implemented; remove the sigstore block",
+            "tracker must be \"auto\", \"ebpf\" or \"procfs\", got \"t\"",
         ]
     );
 }
@@ -478,11 +896,12 @@ fn errors_are_all_collected_in_order() {
         all_errors(
             "bogus = 1\nkubelet_read_only_port = 1\nkubelet_secure_port = 2\npoll_retry_interval = \"x\"\nreload_interval = \"y\"\ntracker = \"z\""
         ),
+        // SPIRE's buildConfig order: the intervals before the ports.
         [
             "unknown configurations detected: bogus",
-            "cannot use both the read-only and secure port",
             "unable to parse poll retry interval: time: invalid duration \"x\"",
             "unable to parse reload interval: time: invalid duration \"y\"",
+            "cannot use both the read-only and secure port",
             "tracker must be \"auto\", \"ebpf\" or \"procfs\", got \"z\"",
         ]
     );
