@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests (real kernel, real cgroups, real processes) and
 //! the kubelet simulator.
 
+pub mod apiserver_sim;
 pub mod attest;
 pub mod cart;
 pub mod cleanup;
