@@ -19,6 +19,7 @@ const ORDER: &[&str] = &[
     "tracker",
     "locator",
     "kubelet",
+    "apiserver",
     "pods",
     "runtime",
     "selectors",

@@ -35,6 +35,8 @@
 // The data path, in order: each module uses only those above it (and the infrastructure).
 pub mod attest;
 pub mod kubelet;
+// Kubernetes API server (namespace labels, Broker references): beside the kubelet step.
+pub mod apiserver;
 pub mod locator;
 pub mod pods;
 pub mod runtime;

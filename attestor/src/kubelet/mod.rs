@@ -32,7 +32,8 @@
 
 mod client;
 mod fetcher;
-mod tls;
+// `pub(crate)`: the API server client reuses the PEM parsing and the skip verifier.
+pub(crate) mod tls;
 
 // The public interface is:
 // (SPIRE's defaults the client starts from are `config`'s table.)

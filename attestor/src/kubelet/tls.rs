@@ -154,8 +154,8 @@ fn parse_certificates(
     })
 }
 
-/// Every CERTIFICATE block of a PEM file; at least one.
-fn pem_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+/// Every CERTIFICATE block of a PEM file; at least one. Also the API server client's.
+pub(crate) fn pem_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
@@ -277,7 +277,7 @@ impl ServerCertVerifier for LoopbackVerifier {
 /// costs nothing), but without a trusted chain that proves nothing about who the server
 /// is: anyone who can take the kubelet's address can feed the attestor a forged pod list.
 #[derive(Debug)]
-struct SkipVerification(Arc<CryptoProvider>);
+pub(crate) struct SkipVerification(pub(crate) Arc<CryptoProvider>);
 
 impl ServerCertVerifier for SkipVerification {
     fn verify_server_cert(
