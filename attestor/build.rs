@@ -34,6 +34,7 @@ fn compile_protos(manifest: &Path) {
         "config.proto",
         "workloadattestor.proto",
         "metrics.proto",
+        "broker.proto",
     ]
     .map(|f| dir.join(f));
     for f in &files {

@@ -4,11 +4,13 @@
 //! SPIRE emits them in map order (random for images and labels); sorting makes our output
 //! comparable and diffable and does not change the set.
 //!
-//! Out of scope: `ns-label:` (needs the API server; `enable_namespace_labels` is refused by
-//! `config`) and sigstore selectors (`sigstore` is refused too).
+//! Also here: `ns-label:` values (`enable_namespace_labels`, [`namespace_labels`]) and the
+//! Broker API's vocabulary for objects other than pods ([`object`]). Out of scope: sigstore
+//! selectors (`sigstore` is refused by `config`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
+use crate::apiserver::{ObjectMeta, ResourceType};
 use crate::locator::ContainerRef;
 use crate::pods::{self, ContainerStatus, Pod, PodIndex, PodsError, SearchOptions};
 
@@ -87,6 +89,84 @@ pub fn build(pod: &Pod, workload: Option<&ContainerStatus>) -> Vec<String> {
     out.into_iter().collect()
 }
 
+/// `ns-label:<key>:<value>` for each label of the workload's namespace (spiffe/spire v1.15.3
+/// `k8s.go`, `getSelectorValuesFromNamespaceLabels`), sorted.
+pub fn namespace_labels(labels: &BTreeMap<String, String>) -> Vec<String> {
+    labels
+        .iter()
+        .map(|(key, value)| format!("ns-label:{key}:{value}"))
+        .collect()
+}
+
+/// Adds `more` to sorted, deduplicated selector values, keeping them so.
+pub fn merge(values: &mut Vec<String>, more: impl IntoIterator<Item = String>) {
+    values.extend(more);
+    values.sort_unstable();
+    values.dedup();
+}
+
+/// The value of the one `<prefix>…` selector in `values` (`ns:`, `pod-name:`): pod
+/// selectors carry each exactly once ([`build`]).
+pub fn value_of<'v>(values: &'v [String], prefix: &str) -> Option<&'v str> {
+    values.iter().find_map(|v| v.strip_prefix(prefix))
+}
+
+/// The Broker API's selector values for a Kubernetes object that is not a pod (spiffe/spire
+/// v1.15.3 `k8s.go`, `getSelectorValuesFromObjectMeta`): `plural`/`group` as the reference
+/// spelled them (`core` for the core group), version and kind from discovery, then the
+/// object's name, namespace, labels and owner references. Sorted and deduplicated.
+pub fn object(
+    plural: &str,
+    group: &str,
+    resource: &ResourceType,
+    meta: &ObjectMeta,
+) -> Vec<String> {
+    let api_version = if resource.group.is_empty() {
+        resource.version.clone()
+    } else {
+        format!("{}/{}", resource.group, resource.version)
+    };
+    let mut out = BTreeSet::from([
+        format!("uid:{}", meta.uid),
+        format!("resource:{plural}.{group}"),
+        format!("plural:{plural}"),
+        format!("group:{group}"),
+        format!("version:{}", resource.version),
+        format!("apiVersion:{api_version}"),
+        format!("kind:{}", resource.kind),
+        format!("name:{}", meta.name),
+    ]);
+    let key = if meta.namespace.is_empty() {
+        meta.name.clone()
+    } else {
+        out.insert(format!("namespace:{}", meta.namespace));
+        format!("{}/{}", meta.namespace, meta.name)
+    };
+    out.insert(format!("key:{key}"));
+    for (k, v) in &meta.labels {
+        out.insert(format!("label:{k}:{v}"));
+    }
+    for owner in &meta.owner_references {
+        // apimachinery's schema.ParseGroupVersion: "v1" is the core group, "g/v" a group,
+        // anything with more slashes an error SPIRE ignores (zero value: the core group).
+        // The version is left out on purpose: it is not part of the owner's identity.
+        let group = match owner.api_version.split('/').collect::<Vec<_>>().as_slice() {
+            [group, _version] if !group.is_empty() => (*group).to_string(),
+            _ => "core".to_string(),
+        };
+        let kind = format!("{group}/{}", owner.kind);
+        let by_key = format!("{kind}/{}", owner.name);
+        let by_uid = format!("{kind}/{}", owner.uid);
+        if owner.controller == Some(true) {
+            out.insert(format!("controller-key:{by_key}"));
+            out.insert(format!("controller-uid:{by_uid}"));
+        }
+        out.insert(format!("owner-key:{by_key}"));
+        out.insert(format!("owner-uid:{by_uid}"));
+    }
+    out.into_iter().collect()
+}
+
 /// Both the tag (`image`) and the digest (`imageID`, verbatim with its scheme); an empty one
 /// still counts (SPIRE emits `pod-image:` for it).
 fn image_identifiers(status: &ContainerStatus) -> [&str; 2] {
@@ -142,6 +222,109 @@ mod tests {
                 "sa:web-sa",
             ]
         );
+    }
+
+    /// spiffe/spire v1.15.3 `k8s_test.go` `TestGetSelectorValuesFromObjectMeta`, both cases.
+    #[test]
+    fn object_vocabulary_as_spire_builds_it() {
+        use crate::apiserver::OwnerReference;
+        let deployments = ResourceType {
+            group: "apps".into(),
+            version: "v1".into(),
+            plural: "deployments".into(),
+            kind: "Deployment".into(),
+            namespaced: true,
+        };
+        let meta = ObjectMeta {
+            name: "checkout".into(),
+            namespace: "shop".into(),
+            uid: "a1b2c3".into(),
+            labels: BTreeMap::from([("app".into(), "checkout".into())]),
+            owner_references: vec![
+                OwnerReference {
+                    api_version: "apps/v1".into(),
+                    kind: "ReplicaSet".into(),
+                    name: "checkout-rs".into(),
+                    uid: "owner-uid-1".into(),
+                    controller: Some(true),
+                },
+                OwnerReference {
+                    api_version: "v1".into(),
+                    kind: "ConfigMap".into(),
+                    name: "checkout-cm".into(),
+                    uid: "owner-uid-2".into(),
+                    controller: Some(false),
+                },
+            ],
+        };
+        let mut want = vec![
+            "uid:a1b2c3",
+            "resource:deployments.apps",
+            "plural:deployments",
+            "group:apps",
+            "version:v1",
+            "apiVersion:apps/v1",
+            "kind:Deployment",
+            "name:checkout",
+            "namespace:shop",
+            "key:shop/checkout",
+            "label:app:checkout",
+            "owner-key:apps/ReplicaSet/checkout-rs",
+            "owner-uid:apps/ReplicaSet/owner-uid-1",
+            "controller-key:apps/ReplicaSet/checkout-rs",
+            "controller-uid:apps/ReplicaSet/owner-uid-1",
+            "owner-key:core/ConfigMap/checkout-cm",
+            "owner-uid:core/ConfigMap/owner-uid-2",
+        ];
+        want.sort_unstable();
+        assert_eq!(object("deployments", "apps", &deployments, &meta), want);
+
+        let nodes = ResourceType {
+            group: String::new(),
+            version: "v1".into(),
+            plural: "nodes".into(),
+            kind: "Node".into(),
+            namespaced: false,
+        };
+        let node = ObjectMeta {
+            name: "ip-10-0-1-42.ec2.internal".into(),
+            uid: "node-uid".into(),
+            ..ObjectMeta::default()
+        };
+        let mut want = vec![
+            "uid:node-uid",
+            "resource:nodes.core",
+            "plural:nodes",
+            "group:core",
+            "version:v1",
+            "apiVersion:v1",
+            "kind:Node",
+            "name:ip-10-0-1-42.ec2.internal",
+            "key:ip-10-0-1-42.ec2.internal",
+        ];
+        want.sort_unstable();
+        assert_eq!(object("nodes", "core", &nodes, &node), want);
+    }
+
+    #[test]
+    fn namespace_labels_and_merge() {
+        let labels = BTreeMap::from([
+            ("team".to_string(), "backend".to_string()),
+            ("environment".to_string(), "production".to_string()),
+        ]);
+        let mut values = vec!["ns:default".to_string(), "sa:default".to_string()];
+        merge(&mut values, namespace_labels(&labels));
+        assert_eq!(
+            values,
+            [
+                "ns-label:environment:production",
+                "ns-label:team:backend",
+                "ns:default",
+                "sa:default"
+            ]
+        );
+        assert_eq!(value_of(&values, "ns:"), Some("default"));
+        assert_eq!(value_of(&values, "pod-name:"), None);
     }
 
     #[test]

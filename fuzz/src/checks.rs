@@ -189,7 +189,9 @@ use attestor::attest::K8s;
 use attestor::plugin::in_process::{InProcess, Reply, first_frame, frame};
 use attestor::plugin::proto::config::{ConfigureRequest, ValidateRequest, ValidateResponse};
 use attestor::plugin::proto::init::{InitRequest, InitResponse};
-use attestor::plugin::proto::workloadattestor::{AttestRequest, AttestResponse};
+use attestor::plugin::proto::workloadattestor::{
+    AttestReferenceRequest, AttestReferenceResponse, AttestRequest, AttestResponse,
+};
 use attestor::plugin::{CONFIG_SERVICE, WORKLOAD_ATTESTOR_SERVICE};
 use attestor::tracker::{StartError, Tracker, TrackerMode, TrackerOptions};
 use prost::Message as _;
@@ -203,7 +205,7 @@ pub const PLUGIN_METHODS: [&str; 8] = [
     "/spire.plugin.agent.workloadattestor.v1.WorkloadAttestor/Attest",
     "/plugin.GRPCController/Shutdown",
     "/grpc.health.v1.Health/Check",
-    // SPIRE 1.15.2+'s broker-based call: not implemented, the agent falls back to Attest.
+    // SPIRE 1.15.2+'s Broker API call.
     "/spire.plugin.agent.workloadattestor.v1.WorkloadAttestor/AttestReference",
 ];
 pub const OP_INIT: u8 = 0;
@@ -213,7 +215,7 @@ pub const OP_VALIDATE: u8 = 3;
 pub const OP_ATTEST: u8 = 4;
 pub const OP_SHUTDOWN: u8 = 5;
 pub const OP_HEALTH: u8 = 6;
-pub const OP_UNIMPLEMENTED: u8 = 7;
+pub const OP_ATTEST_REFERENCE: u8 = 7;
 /// Op flag: the record's bytes are the raw gRPC body (framing fuzzed too), not a payload.
 pub const OP_RAW: u8 = 0x80;
 /// Calls per input: enough for Init → Configure → Attest → reconfigure → Deinit → Attest.
@@ -345,7 +347,8 @@ fn check_plugin_reply(
     const DEADLINE_EXCEEDED: i32 = 4;
     const NOT_FOUND: i32 = 5;
     const FAILED_PRECONDITION: i32 = 9;
-    const UNIMPLEMENTED: i32 = 12;
+    const PERMISSION_DENIED: i32 = 7;
+    const INTERNAL: i32 = 13;
     const UNAVAILABLE: i32 = 14;
 
     assert_eq!(reply.http_status, 200, "{path}: {reply:?}");
@@ -357,9 +360,16 @@ fn check_plugin_reply(
     // panic hook aborts even on caught panics; the stable replay needs this check). Our
     // error messages never start with input text, so the prefix cannot be forged.
     assert!(
-        !["Init", "Deinit", "Configure", "Validate", "Attest"]
-            .iter()
-            .any(|op| message.starts_with(&format!("{op} panicked: "))),
+        ![
+            "Init",
+            "Deinit",
+            "Configure",
+            "Validate",
+            "Attest",
+            "AttestReference"
+        ]
+        .iter()
+        .any(|op| message.starts_with(&format!("{op} panicked: "))),
         "{path}: {message}"
     );
     if code == OK {
@@ -372,10 +382,6 @@ fn check_plugin_reply(
             reply.body.is_empty(),
             "{path}: an error with a body: {reply:?}"
         );
-    }
-    if method == OP_UNIMPLEMENTED {
-        assert_eq!(code, UNIMPLEMENTED, "{path}: {message}");
-        return;
     }
     // A body tonic cannot frame or decode never reaches a handler.
     let Some(request) = request else {
@@ -490,6 +496,45 @@ fn check_plugin_reply(
                         .all(|v| v.contains(':') && !v.starts_with("k8s:")),
                     "{values:?}"
                 );
+            }
+        }
+        OP_ATTEST_REFERENCE => {
+            let Ok(req) = AttestReferenceRequest::decode(request) else {
+                assert_ne!(code, OK, "{path}: undecodable request accepted");
+                return;
+            };
+            if !*configured {
+                assert_eq!(code, FAILED_PRECONDITION, "{path}: {message}");
+                assert_eq!(message, "not configured");
+                return;
+            }
+            if req.reference.is_none() {
+                assert_eq!(code, INVALID_ARGUMENT, "{path}: {message}");
+                assert_eq!(message, "workload reference must be provided");
+                return;
+            }
+            // Without a broker caller (no metadata here) and without an API server in the
+            // environment, a reference resolves through the kubelet or fails with one of
+            // SPIRE's codes; never a panic, never selectors in another shape.
+            assert!(
+                [
+                    OK,
+                    INVALID_ARGUMENT,
+                    NOT_FOUND,
+                    UNAVAILABLE,
+                    DEADLINE_EXCEEDED,
+                    FAILED_PRECONDITION,
+                    PERMISSION_DENIED,
+                    INTERNAL,
+                ]
+                .contains(&code),
+                "{path}: {code} {message}"
+            );
+            if code == OK {
+                let values = AttestReferenceResponse::decode(response)
+                    .expect("AttestReferenceResponse")
+                    .selector_values;
+                assert!(values.windows(2).all(|w| w[0] < w[1]), "{values:?}");
             }
         }
         OP_SHUTDOWN => {

@@ -3,7 +3,9 @@
 // the way the SPIRE agent configures it (pkg/common/catalog/external.go):
 // cookie WorkloadAttestor=WorkloadAttestor, gRPC only, no AutoMTLS, SHA-256 checksum,
 // broker.Accept(1) with the metrics host service during dispense, then Init → Configure →
-// Attest … → Deinit → Kill.
+// Attest … → Deinit → Kill. AttestReference (the Broker API's RPC) is called as the agent
+// calls it too: raw (attest_reference), or through the agent's fallback wrapper
+// (agent_attest_reference, agent_attest: pkg/agent/plugin/workloadattestor/v1.go).
 //
 // It is driven by the Rust integration tests (tests/tests/plugin.rs, cri_fast_path.rs) through
 // tests/src/go_host.rs: one JSON command per stdin line, one JSON result per stdout line. Host
@@ -32,11 +34,14 @@ import (
 	"time"
 
 	"github.com/golang/protobuf/proto"
+	"github.com/golang/protobuf/ptypes/any"
 	"github.com/golang/protobuf/ptypes/empty"
 	hclog "github.com/hashicorp/go-hclog"
 	plugin "github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
 
@@ -47,6 +52,10 @@ const (
 	initPath           = "/spire.service.private.init.v1.Init/"
 	configPath         = "/spire.service.common.config.v1.Config/"
 	attestPath         = "/spire.plugin.agent.workloadattestor.v1.WorkloadAttestor/Attest"
+	attestRefPath      = "/spire.plugin.agent.workloadattestor.v1.WorkloadAttestor/AttestReference"
+	// SPIRE v1.15.3 pkg/agent/broker/brokercontext/context.go (callerIDMetadataKey): the
+	// broker caller's SPIFFE ID, which AppendCallerIDToOutgoingContext adds to AttestReference.
+	callerIDMetadataKey = "spire-agent-broker-caller-id"
 )
 
 type command struct {
@@ -69,6 +78,25 @@ type command struct {
 	// ID names a call started with attest_async, for await.
 	ID   string `json:"id"`
 	Mode string `json:"mode"`
+
+	// The reference of the attest_reference ops (see command.reference): Ref is "pid" (Pid),
+	// "object" (Plural … UID), "raw" (TypeURL, RawValue: base64 in JSON) or "none" (no
+	// reference at all); empty: "raw" if TypeURL is set, else "object" if an object field
+	// is, else "pid".
+	Ref       string `json:"ref"`
+	Plural    string `json:"plural"`
+	Group     string `json:"group"`
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	UID       string `json:"uid"`
+	TypeURL   string `json:"type_url"`
+	RawValue  []byte `json:"raw_value"`
+	// CallerIDs: one spire-agent-broker-caller-id metadata value each (the agent sends one,
+	// or none outside the Broker API).
+	CallerIDs []string `json:"caller_ids"`
+	// Agent: attest_reference_many and attest_reference_async call through the agent's
+	// wrapper (agent_attest_reference) instead of the raw RPC.
+	Agent bool `json:"agent"`
 }
 
 type result map[string]interface{}
@@ -398,6 +426,135 @@ func (h *host) attest(conn *grpc.ClientConn, cmd command) result {
 	return r
 }
 
+// reference is the command's reference packed as the agent packs it (anypb.New), nil for "none".
+func (cmd command) reference() (*any.Any, error) {
+	kind := cmd.Ref
+	if kind == "" {
+		switch {
+		case cmd.TypeURL != "":
+			kind = "raw"
+		case cmd.Plural != "" || cmd.Group != "" || cmd.Namespace != "" || cmd.Name != "" || cmd.UID != "":
+			kind = "object"
+		default:
+			kind = "pid"
+		}
+	}
+	switch kind {
+	case "none":
+		return nil, nil
+	case "pid":
+		return packBroker("WorkloadPIDReference", &WorkloadPIDReference{Pid: cmd.Pid})
+	case "object":
+		// The type always; the key if Namespace or Name is set (a UID-only reference has
+		// none). Other shapes (no type, an empty key): "raw".
+		obj := &KubernetesObjectReference{Type: &KubernetesObjectType{Plural: cmd.Plural, Group: cmd.Group}, Uid: cmd.UID}
+		if cmd.Namespace != "" || cmd.Name != "" {
+			obj.Key = &KubernetesObjectKey{Namespace: cmd.Namespace, Name: cmd.Name}
+		}
+		return packBroker("KubernetesObjectReference", obj)
+	case "raw":
+		return &any.Any{TypeUrl: cmd.TypeURL, Value: cmd.RawValue}, nil
+	}
+	return nil, fmt.Errorf("unknown ref %q", kind)
+}
+
+// attestByPID is the raw Attest call (v1.go attestByPID).
+func attestByPID(ctx context.Context, conn *grpc.ClientConn, pid int32) ([]string, error) {
+	resp := &AttestResponse{}
+	err := conn.Invoke(ctx, attestPath, &AttestRequest{Pid: pid}, resp)
+	return resp.SelectorValues, err
+}
+
+// attestByReference is the raw AttestReference call (v1.go attestByReference), with one
+// caller-ID metadata value per callers entry.
+func attestByReference(ctx context.Context, conn *grpc.ClientConn, ref *any.Any, callers []string) ([]string, error) {
+	for _, id := range callers {
+		ctx = metadata.AppendToOutgoingContext(ctx, callerIDMetadataKey, id)
+	}
+	resp := &AttestReferenceResponse{}
+	err := conn.Invoke(ctx, attestRefPath, &AttestReferenceRequest{Reference: ref}, resp)
+	return resp.SelectorValues, err
+}
+
+// attestResult is the attest op's shape (code, message, selectors), plus the RPCs made in
+// order ("calls") and the time they took ("us").
+func attestResult(sel []string, err error, calls []string, began time.Time) result {
+	r := code(err)
+	if sel == nil || err != nil {
+		sel = []string{}
+	}
+	r["selectors"], r["calls"], r["us"] = sel, calls, time.Since(began).Microseconds()
+	return r
+}
+
+// attestReference runs the command's reference through AttestReference: raw, or (agent) as
+// SPIRE v1.15.3's V1.AttestReference does: on Unimplemented, a WorkloadPIDReference (exact
+// type URL) falls back to Attest; any other reference returns the Unimplemented error.
+func (h *host) attestReference(conn *grpc.ClientConn, cmd command, agent bool) result {
+	began := time.Now()
+	ref, err := cmd.reference()
+	if err != nil {
+		return result{"code": "HostError", "message": err.Error()}
+	}
+	ctx, cancel := h.ctx(cmd.TimeoutMs)
+	defer cancel()
+	calls := []string{"AttestReference"}
+	sel, err := attestByReference(ctx, conn, ref, cmd.CallerIDs)
+	if agent && status.Code(err) == codes.Unimplemented && ref.GetTypeUrl() == brokerTypeURLPrefix+"WorkloadPIDReference" {
+		var pid WorkloadPIDReference
+		if proto.Unmarshal(ref.Value, &pid) == nil {
+			calls = append(calls, "Attest")
+			sel, err = attestByPID(ctx, conn, pid.Pid)
+		}
+	}
+	return attestResult(sel, err, calls, began)
+}
+
+// agentAttest is SPIRE v1.15.3's V1.Attest: Attest(pid); on Unimplemented, AttestReference
+// with the PID packed as a WorkloadPIDReference (and the caller IDs, if any).
+func (h *host) agentAttest(conn *grpc.ClientConn, cmd command) result {
+	began := time.Now()
+	ctx, cancel := h.ctx(cmd.TimeoutMs)
+	defer cancel()
+	calls := []string{"Attest"}
+	sel, err := attestByPID(ctx, conn, cmd.Pid)
+	if status.Code(err) == codes.Unimplemented {
+		ref, perr := packBroker("WorkloadPIDReference", &WorkloadPIDReference{Pid: cmd.Pid})
+		if perr != nil {
+			return result{"code": "HostError", "message": perr.Error()}
+		}
+		calls = append(calls, "AttestReference")
+		sel, err = attestByReference(ctx, conn, ref, cmd.CallerIDs)
+	}
+	return attestResult(sel, err, calls, began)
+}
+
+// attestReferenceMany makes N concurrent AttestReference calls for the same reference (as
+// concurrent Broker API clients do), released together: each call's result (in call order)
+// and the time until the last one answered.
+func (h *host) attestReferenceMany(cmd command) result {
+	n := cmd.N
+	if n <= 0 {
+		n = 1
+	}
+	conn := h.conn
+	results := make([]result, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			<-start
+			results[i] = h.attestReference(conn, cmd, cmd.Agent)
+		}(i)
+	}
+	began := time.Now()
+	close(start)
+	wg.Wait()
+	return result{"results": results, "elapsed_us": time.Since(began).Microseconds()}
+}
+
 func (h *host) do(cmd command) result {
 	if cmd.Op != "load" && cmd.Op != "wait_log" && cmd.Op != "await" && cmd.Op != "count_logs" && h.client == nil {
 		return result{"code": "HostError", "message": "not loaded"}
@@ -426,6 +583,21 @@ func (h *host) do(cmd command) result {
 		h.pending[cmd.ID] = ch
 		conn := h.conn
 		go func() { ch <- h.attest(conn, cmd) }()
+		return result{"started": cmd.ID}
+	case "attest_reference":
+		return h.attestReference(h.conn, cmd, false)
+	case "agent_attest_reference":
+		return h.attestReference(h.conn, cmd, true)
+	case "agent_attest":
+		return h.agentAttest(h.conn, cmd)
+	case "attest_reference_many":
+		return h.attestReferenceMany(cmd)
+	case "attest_reference_async":
+		// As attest_async, for AttestReference (raw, or the agent's wrapper with Agent).
+		ch := make(chan result, 1)
+		h.pending[cmd.ID] = ch
+		conn := h.conn
+		go func() { ch <- h.attestReference(conn, cmd, cmd.Agent) }()
 		return result{"started": cmd.ID}
 	case "await":
 		ch, ok := h.pending[cmd.ID]

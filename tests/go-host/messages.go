@@ -2,10 +2,12 @@ package main
 
 // Hand-written protobuf messages for the SPIRE plugin services, in the form golang/protobuf
 // 1.3 (Debian's golang-goprotobuf-dev) marshals by reflection over struct tags. Field numbers
-// match attestor/proto/*.proto. No generated code: Debian ships no SPIRE SDK stubs.
+// match attestor/proto/*.proto (and go-spiffe's broker API for the references). No generated
+// code: Debian ships no SPIRE SDK stubs.
 
 import (
 	"github.com/golang/protobuf/proto"
+	"github.com/golang/protobuf/ptypes/any"
 )
 
 type CoreConfiguration struct {
@@ -114,3 +116,72 @@ type MeasureSinceRequest struct {
 func (m *MeasureSinceRequest) Reset()         { *m = MeasureSinceRequest{} }
 func (m *MeasureSinceRequest) String() string { return proto.CompactTextString(m) }
 func (*MeasureSinceRequest) ProtoMessage()    {}
+
+// AttestReference (spire-plugin-sdk v1.15: spire.plugin.agent.workloadattestor.v1), the RPC
+// the agent's Broker API (and its V1.Attest fallback) calls.
+
+type AttestReferenceRequest struct {
+	Reference *any.Any `protobuf:"bytes,1,opt,name=reference,proto3"`
+}
+
+func (m *AttestReferenceRequest) Reset()         { *m = AttestReferenceRequest{} }
+func (m *AttestReferenceRequest) String() string { return proto.CompactTextString(m) }
+func (*AttestReferenceRequest) ProtoMessage()    {}
+
+type AttestReferenceResponse struct {
+	SelectorValues []string `protobuf:"bytes,1,rep,name=selector_values,json=selectorValues,proto3"`
+}
+
+func (m *AttestReferenceResponse) Reset()         { *m = AttestReferenceResponse{} }
+func (m *AttestReferenceResponse) String() string { return proto.CompactTextString(m) }
+func (*AttestReferenceResponse) ProtoMessage()    {}
+
+// go-spiffe's broker references (exp/proto/spiffe/broker/api.proto, package spiffe.broker),
+// packed into google.protobuf.Any as type.googleapis.com/spiffe.broker.<Name>.
+
+const brokerTypeURLPrefix = "type.googleapis.com/spiffe.broker."
+
+type WorkloadPIDReference struct {
+	Pid int32 `protobuf:"varint,1,opt,name=pid,proto3"`
+}
+
+func (m *WorkloadPIDReference) Reset()         { *m = WorkloadPIDReference{} }
+func (m *WorkloadPIDReference) String() string { return proto.CompactTextString(m) }
+func (*WorkloadPIDReference) ProtoMessage()    {}
+
+type KubernetesObjectType struct {
+	Plural string `protobuf:"bytes,1,opt,name=plural,proto3"`
+	Group  string `protobuf:"bytes,2,opt,name=group,proto3"`
+}
+
+func (m *KubernetesObjectType) Reset()         { *m = KubernetesObjectType{} }
+func (m *KubernetesObjectType) String() string { return proto.CompactTextString(m) }
+func (*KubernetesObjectType) ProtoMessage()    {}
+
+type KubernetesObjectKey struct {
+	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3"`
+	Name      string `protobuf:"bytes,2,opt,name=name,proto3"`
+}
+
+func (m *KubernetesObjectKey) Reset()         { *m = KubernetesObjectKey{} }
+func (m *KubernetesObjectKey) String() string { return proto.CompactTextString(m) }
+func (*KubernetesObjectKey) ProtoMessage()    {}
+
+type KubernetesObjectReference struct {
+	Type *KubernetesObjectType `protobuf:"bytes,1,opt,name=type,proto3"`
+	Key  *KubernetesObjectKey  `protobuf:"bytes,2,opt,name=key,proto3"`
+	Uid  string                `protobuf:"bytes,3,opt,name=uid,proto3"`
+}
+
+func (m *KubernetesObjectReference) Reset()         { *m = KubernetesObjectReference{} }
+func (m *KubernetesObjectReference) String() string { return proto.CompactTextString(m) }
+func (*KubernetesObjectReference) ProtoMessage()    {}
+
+// packBroker packs a broker reference as anypb.New does (the type URL of its full name).
+func packBroker(name string, m proto.Message) (*any.Any, error) {
+	b, err := proto.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	return &any.Any{TypeUrl: brokerTypeURLPrefix + name, Value: b}, nil
+}

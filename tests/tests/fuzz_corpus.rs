@@ -69,15 +69,14 @@ fn plugin_corpus() {
 /// The plugin harness itself: hand-written sessions get the codes an agent would see.
 mod plugin_sessions {
     use super::checks::{
-        OP_ATTEST, OP_CONFIGURE, OP_DEINIT, OP_HEALTH, OP_INIT, OP_RAW, OP_SHUTDOWN,
-        OP_UNIMPLEMENTED, OP_VALIDATE, plugin_record as rec, plugin_transcript,
+        OP_ATTEST, OP_ATTEST_REFERENCE, OP_CONFIGURE, OP_DEINIT, OP_HEALTH, OP_INIT, OP_RAW,
+        OP_SHUTDOWN, OP_VALIDATE, plugin_record as rec, plugin_transcript,
     };
 
     const OK: i32 = 0;
     const INVALID_ARGUMENT: i32 = 3;
     const NOT_FOUND: i32 = 5;
     const FAILED_PRECONDITION: i32 = 9;
-    const UNIMPLEMENTED: i32 = 12;
     const GOOD: &str =
         "kubelet_read_only_port = 10255\nmax_poll_attempts = 2\npoll_retry_interval = \"10ms\"\n";
 
@@ -134,11 +133,13 @@ mod plugin_sessions {
             rec(OP_CONFIGURE, &configure("nope = 1")),
             // A rejected reconfigure keeps the previous configuration.
             rec(OP_ATTEST, &pid(-5)),
+            // AttestReference without a reference.
+            rec(OP_ATTEST_REFERENCE, &[]),
             rec(OP_DEINIT, &[]),
             rec(OP_ATTEST, &pid(me)),
             rec(OP_HEALTH, &string(1, "plugin")),
             rec(OP_HEALTH, &string(1, "else")),
-            rec(OP_UNIMPLEMENTED, &pid(me)),
+            rec(OP_ATTEST_REFERENCE, &[]),
         ]);
         assert_eq!(
             got,
@@ -155,11 +156,12 @@ mod plugin_sessions {
                 NOT_FOUND,
                 INVALID_ARGUMENT,
                 INVALID_ARGUMENT,
+                INVALID_ARGUMENT,
                 OK,
                 FAILED_PRECONDITION,
                 OK,
                 NOT_FOUND,
-                UNIMPLEMENTED,
+                FAILED_PRECONDITION,
             ]
             .map(Some)
         );

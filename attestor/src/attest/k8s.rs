@@ -1,5 +1,5 @@
-//! The SPIRE plugin's attestor: `WorkloadAttestor "k8s"`'s Configure, Validate, Attest and
-//! Deinit over whole [`Attestor`] pipelines.
+//! The SPIRE plugin's attestor: `WorkloadAttestor "k8s"`'s Configure, Validate, Attest,
+//! AttestReference and Deinit over whole [`Pipeline`]s.
 //!
 //! `Configure` parses `plugin_data` into a [`Config`], builds everything new first (a new
 //! tracker only if the configuration changes the tracker's own settings, then the kubelet
@@ -11,9 +11,9 @@
 
 use std::sync::{Arc, Mutex, RwLock};
 
-use super::{Attestor, start_status, tracker_options};
+use super::{Pipeline, start_status, tracker_options};
 use crate::config::Config;
-use crate::plugin::{CancellationToken, WorkloadAttestor};
+use crate::plugin::{CancellationToken, ReferenceRequest, WorkloadAttestor};
 use crate::status::{Code, Status};
 use crate::tracker::{StartError, Tracker, TrackerOptions};
 
@@ -23,7 +23,7 @@ pub type StartTracker = fn(&TrackerOptions) -> Result<Tracker, StartError>;
 /// The SPIRE `k8s` WorkloadAttestor as a plugin [`WorkloadAttestor`].
 pub struct K8s {
     /// The configured pipeline; `None` until the first successful Configure.
-    current: RwLock<Option<Arc<Attestor>>>,
+    current: RwLock<Option<Arc<Pipeline>>>,
     /// The tracker and the settings it was started with.
     tracker: Mutex<Option<(TrackerOptions, Arc<Tracker>)>>,
     start_tracker: StartTracker,
@@ -67,6 +67,17 @@ impl K8s {
     }
 }
 
+impl K8s {
+    /// The configured pipeline (SPIRE's `getConfig`: `FailedPrecondition` before Configure).
+    fn pipeline(&self) -> Result<Arc<Pipeline>, Status> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| Status::new(Code::FailedPrecondition, "not configured"))
+    }
+}
+
 impl WorkloadAttestor for K8s {
     fn configure(&self, hcl: &str) -> Result<(), Status> {
         let config = Config::parse(hcl).map_err(Status::from)?;
@@ -83,7 +94,7 @@ impl WorkloadAttestor for K8s {
         };
         // On failure a tracker started above is dropped here (its programs detached); the
         // running pipeline and tracker were not touched.
-        let attestor = Attestor::new(config, tracker.clone(), |k| std::env::var(k).ok())?;
+        let attestor = Pipeline::new(config, tracker.clone(), |k| std::env::var(k).ok())?;
         if started {
             // The old tracker lives on in attestations still running on the old pipeline,
             // and is detached when the last of them ends.
@@ -99,13 +110,17 @@ impl WorkloadAttestor for K8s {
     }
 
     async fn attest(&self, pid: i32, cancel: CancellationToken) -> Result<Vec<String>, Status> {
-        let attestor = self
-            .current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(|| Status::new(Code::FailedPrecondition, "not configured"))?;
-        attestor.attest(i64::from(pid), cancel.cancelled()).await
+        let pipeline = self.pipeline()?;
+        pipeline.attest(i64::from(pid), cancel.cancelled()).await
+    }
+
+    async fn attest_reference(
+        &self,
+        request: ReferenceRequest,
+        cancel: CancellationToken,
+    ) -> Result<Vec<String>, Status> {
+        let pipeline = self.pipeline()?;
+        pipeline.attest_reference(request, cancel).await
     }
 
     fn deinit(&self) {
@@ -144,7 +159,7 @@ mod tests {
         k.tracker.lock().unwrap().clone().expect("a tracker")
     }
 
-    fn pipeline(k: &K8s) -> Arc<Attestor> {
+    fn pipeline(k: &K8s) -> Arc<Pipeline> {
         k.current.read().unwrap().clone().expect("configured")
     }
 
@@ -180,8 +195,8 @@ mod tests {
         // slot hold the running tracker.
         assert_eq!(
             Arc::strong_count(&first),
-            3,
-            "running tracker: slot, pipeline, here"
+            4,
+            "running tracker: slot, pipeline and its kubelet attestor, here"
         );
 
         // The same change with a working kubelet setting is swapped in.

@@ -52,9 +52,11 @@ use crate::status::{Code, Status};
 use crate::tracker::{Memberships, Resolution, ResolveError, StartError, Tracker, TrackerOptions};
 
 mod k8s;
+mod reference;
 mod replay;
 
 pub use k8s::{K8s, StartTracker};
+pub use reference::{ApiAccess, IMPERSONATION_VERB, Pipeline};
 pub use replay::replay;
 
 /// The tracker a configuration asks for (`tracker`, `tracker_max_processes`).
@@ -110,6 +112,8 @@ pub struct Attestor<F: FetchPods = KubeletClient> {
     fetcher: PodListFetcher<F>,
     /// The CRI fast path (`container_runtime_endpoint`), if configured.
     runtime: Option<Arc<dyn ContainerRuntime>>,
+    /// The API server, for `enable_namespace_labels`.
+    api: Option<Arc<ApiAccess>>,
     memo: Mutex<Memo>,
 }
 
@@ -158,6 +162,8 @@ pub struct Trace {
     pub index_elapsed: Duration,
     pub kubelet_requests: u64,
     pub kubelet_elapsed: Option<Duration>,
+    /// Time spent getting the namespace's labels (`enable_namespace_labels`).
+    pub namespace_labels_elapsed: Option<Duration>,
     /// Where the container's status came from, when the attestation found it.
     pub source: Option<Source>,
     /// What the runtime fast path did (`None`: not configured, or never needed).
@@ -241,8 +247,17 @@ impl<F: FetchPods> Attestor<F> {
             tracker,
             fetcher,
             runtime: None,
+            api: None,
             memo: Mutex::new(Memo::default()),
         }
+    }
+
+    /// Where `ns-label:` selectors come from when `enable_namespace_labels` is set
+    /// ([`Pipeline`] shares one with its references). Without one, a configuration asking
+    /// for namespace labels builds its own from the process environment on first use.
+    pub fn with_api(mut self, api: Option<Arc<ApiAccess>>) -> Self {
+        self.api = api;
+        self
     }
 
     /// Uses `runtime` for containers the kubelet's status does not list yet (`None`: SPIRE's
@@ -301,6 +316,7 @@ impl<F: FetchPods> Attestor<F> {
         cancel: impl Future<Output = ()>,
         trace: &mut Trace,
     ) -> Result<Vec<String>, Status> {
+        tokio::pin!(cancel);
         let resolution = match self.tracker.resolve(pid) {
             Ok(r) => Some(r),
             // The v2 root: on a cgroup v1 node the v1 hierarchies may still name a container.
@@ -397,7 +413,7 @@ impl<F: FetchPods> Attestor<F> {
         });
         let polled = {
             let fast = self.fast_path(&container, missed_rx, &opts, runtime_trace.as_mut());
-            tokio::pin!(cancel, fast);
+            tokio::pin!(fast);
             let first = tokio::select! {
                 biased;
                 () = &mut cancel => Err(crate::status::cancelled()),
@@ -435,13 +451,36 @@ impl<F: FetchPods> Attestor<F> {
         trace.index_elapsed = index_elapsed;
         trace.kubelet_requests = self.fetcher.requests_started() - requests_before;
         trace.kubelet_elapsed = Some(kubelet_started.elapsed());
-        let (selectors, source) = match (polled, last_parse_error) {
+        let (mut selectors, source) = match (polled, last_parse_error) {
             (Err(s), Some(parse)) if s.is_gave_up() => {
                 return Err(Status::new(Code::Unavailable, parse));
             }
             (result, _) => result?,
         };
         trace.source = Some(source);
+        if self.config.enable_namespace_labels() && !selectors.is_empty() {
+            // `k8s.go` `attestByPIDReference`: the labels of the pod's namespace, fetched
+            // after the pod is found; failing to get them fails the attestation.
+            let namespace = selectors::value_of(&selectors, "ns:")
+                .unwrap_or_default()
+                .to_string();
+            let started = Instant::now();
+            let own;
+            let api = match &self.api {
+                Some(api) => api,
+                None => {
+                    own = ApiAccess::from_environment(self.config.experimental_api_server_cache());
+                    &own
+                }
+            };
+            let labels = tokio::select! {
+                biased;
+                () = &mut cancel => Err(crate::status::cancelled()),
+                labels = api.namespace_selectors(&namespace) => labels,
+            };
+            trace.namespace_labels_elapsed = Some(started.elapsed());
+            selectors::merge(&mut selectors, labels?);
+        }
         // The identity is handed out only if the resolved process is still the one alive
         // (both answers, if there are two, were read under the same pidfd).
         let alive = match (&trace.memberships, &resolution) {
@@ -555,6 +594,17 @@ impl<F: FetchPods> Attestor<F> {
                 m.results.insert(container.clone(), found.clone());
             }
         });
+    }
+
+    /// `f` on the index of the current pod list (a fresh one if the cached list is older
+    /// than `poll_retry_interval`), for lookups by pod rather than by container: SPIRE's
+    /// `fetchNext(ctx, 0)` for Broker API pod references.
+    pub async fn with_current_index<T>(
+        &self,
+        f: impl FnOnce(&PodIndex) -> T,
+    ) -> Result<T, crate::kubelet::FetchFailure> {
+        let list = self.fetcher.newer_than(None).await?;
+        Ok(self.with_index(&list, |index, _| f(index)))
     }
 
     /// `f` on the index of `list`: built once per list version, by the first attestation

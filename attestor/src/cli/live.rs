@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{Failure, OutputFormat};
-use crate::attest::{self, Attestor, Trace};
+use crate::attest::{self, Attestor, Pipeline, Trace};
 use crate::locator::{self, ContainerRef};
+use crate::plugin::{CancellationToken, ReferenceRequest};
 use crate::status::{Code, Status};
 use crate::tracker::{MEMBERSHIPS_SOURCE, Tracker};
 
@@ -23,7 +24,7 @@ pub struct ExplainArgs {
     output: OutputFormat,
 }
 
-fn build(config_path: Option<&Path>) -> Result<(tokio::runtime::Runtime, Attestor), Status> {
+fn build(config_path: Option<&Path>) -> Result<(tokio::runtime::Runtime, Pipeline), Status> {
     let config = super::load_config(config_path)?;
     let tracker =
         Tracker::start(&attest::tracker_options(&config)).map_err(attest::start_status)?;
@@ -37,11 +38,11 @@ fn build(config_path: Option<&Path>) -> Result<(tokio::runtime::Runtime, Attesto
             )
         })?;
     // The kubelet client (hyper) needs the runtime's context to be built.
-    let attestor = {
+    let pipeline = {
         let _guard = runtime.enter();
-        Attestor::new(config, Arc::new(tracker), |k| std::env::var(k).ok())?
+        Pipeline::new(config, Arc::new(tracker), |k| std::env::var(k).ok())?
     };
-    Ok((runtime, attestor))
+    Ok((runtime, pipeline))
 }
 
 /// Ctrl-C cancels the attestation (SPIRE's caller cancellation).
@@ -57,9 +58,35 @@ pub(super) fn attest(pid: i64, config: Option<&Path>, format: OutputFormat) -> R
         format,
         notes: Vec::new(),
     };
-    let (runtime, attestor) = build(config).map_err(fail)?;
+    let (runtime, pipeline) = build(config).map_err(fail)?;
     let selectors = runtime
-        .block_on(attestor.attest(pid, interrupted()))
+        .block_on(pipeline.attest(pid, interrupted()))
+        .map_err(fail)?;
+    super::print_selectors(&selectors, format);
+    Ok(())
+}
+
+/// `attest` of a Broker API reference (`AttestReference`), optionally as a broker would
+/// call it (the caller's SPIFFE ID in the request).
+pub(super) fn attest_reference(
+    request: ReferenceRequest,
+    config: Option<&Path>,
+    format: OutputFormat,
+) -> Result<(), Failure> {
+    let fail = |status| Failure {
+        status,
+        format,
+        notes: Vec::new(),
+    };
+    let (runtime, pipeline) = build(config).map_err(fail)?;
+    // Ctrl-C drops the attestation (every step is cancel-safe) and answers Canceled.
+    let selectors = runtime
+        .block_on(async {
+            tokio::select! {
+                selectors = pipeline.attest_reference(request, CancellationToken::new()) => selectors,
+                () = interrupted() => Err(crate::status::cancelled()),
+            }
+        })
         .map_err(fail)?;
     super::print_selectors(&selectors, format);
     Ok(())
@@ -71,11 +98,17 @@ pub(super) fn explain(args: &ExplainArgs) -> Result<(), Failure> {
         format: args.output,
         notes: Vec::new(),
     };
-    let (runtime, attestor) = build(args.config.as_deref()).map_err(fail)?;
+    let (runtime, pipeline) = build(args.config.as_deref()).map_err(fail)?;
+    let attestor = pipeline.attestor().ok_or_else(|| {
+        fail(Status::new(
+            Code::FailedPrecondition,
+            "kubelet client is disabled",
+        ))
+    })?;
     let (result, trace) = runtime.block_on(attestor.attest_traced(args.pid, interrupted()));
     match args.output {
-        OutputFormat::Text => print_text(&attestor, &trace, &result),
-        OutputFormat::Json => println!("{}", json(&attestor, &trace, &result)),
+        OutputFormat::Text => print_text(attestor, &trace, &result),
+        OutputFormat::Json => println!("{}", json(attestor, &trace, &result)),
     }
     result.map(|_| ()).map_err(|status| Failure {
         status,
@@ -176,6 +209,11 @@ fn print_text(attestor: &Attestor, t: &Trace, result: &Result<Vec<String>, Statu
     if let Some(source) = t.source {
         println!("  source         {}", source.as_str());
     }
+    if let Some(elapsed) = t.namespace_labels_elapsed {
+        println!(
+            "  namespace      labels from the API server (enable_namespace_labels), {elapsed:?}"
+        );
+    }
     match result {
         Ok(selectors) => {
             let pick = |prefix: &str| {
@@ -252,6 +290,7 @@ fn json(attestor: &Attestor, t: &Trace, result: &Result<Vec<String>, Status>) ->
             attest::Source::KubeletStatus => "kubelet",
             attest::Source::Runtime => "runtime",
         }),
+        "namespace_labels_elapsed_us": t.namespace_labels_elapsed.map(|e| e.as_micros() as u64),
         "total_us": t.total.as_micros() as u64,
         "outcome": outcome,
     })

@@ -48,11 +48,30 @@ enum Command {
 /// Where the workload comes from. Replay takes recorded files; the group leaves room for a
 /// live source (`--pid`) that conflicts with them.
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("source").required(true).args(["cgroup_file", "pid"])))]
+#[command(group(ArgGroup::new("source").required(true).args(["cgroup_file", "pid", "object"])))]
 struct AttestArgs {
     /// Live: the workload's PID (host PID namespace); needs root and a reachable kubelet.
     #[arg(long, allow_negative_numbers = true, conflicts_with_all = ["cgroup_file", "pods_file"])]
     pid: Option<i64>,
+    /// Live, Broker API: a Kubernetes object reference `<plural>.<group>` (`pods.core`,
+    /// `deployments.apps`), with --name (and --namespace) and/or --uid, attested as SPIRE's
+    /// AttestReference does (the kubelet, then the API server).
+    #[arg(long, value_name = "PLURAL.GROUP", conflicts_with_all = ["cgroup_file", "pods_file", "pid"])]
+    object: Option<String>,
+    /// With --object: the object's namespace (namespaced resources).
+    #[arg(long, requires = "object")]
+    namespace: Option<String>,
+    /// With --object: the object's name.
+    #[arg(long, requires = "object")]
+    name: Option<String>,
+    /// With --object: the object's UID (alone, or checked against the named object).
+    #[arg(long, requires = "object")]
+    uid: Option<String>,
+    /// Attest as this Broker API caller (its SPIFFE ID), as the agent passes it: the
+    /// broker must be configured (`experimental.broker`), its pod_reference_scope and
+    /// access_policy apply. With --pid: a WorkloadPIDReference.
+    #[arg(long, value_name = "SPIFFE_ID", conflicts_with_all = ["cgroup_file", "pods_file"])]
+    broker: Option<String>,
     /// Replay: the workload's /proc/<pid>/cgroup file (cgroup v2 `0::/path` or v1 lines);
     /// `-` reads stdin. At most 256 KiB.
     #[arg(long, value_name = "FILE", requires = "pods_file")]
@@ -140,6 +159,57 @@ fn print_selectors(selectors: &[String], format: OutputFormat) {
     }
 }
 
+/// The AttestReference request `attest` arguments ask for: `--object`, or `--pid` with
+/// `--broker`; `None` for a plain PID attestation or a replay.
+fn reference(args: &AttestArgs) -> Option<Result<crate::plugin::ReferenceRequest, Status>> {
+    use prost::Message as _;
+
+    use crate::plugin::proto::broker::{
+        KubernetesObjectKey, KubernetesObjectReference, KubernetesObjectType,
+    };
+    let callers: Vec<String> = args.broker.iter().cloned().collect();
+    if let Some(object) = &args.object {
+        let Some((plural, group)) = object.split_once('.') else {
+            return Some(Err(Status::new(
+                crate::status::Code::InvalidArgument,
+                format!(
+                    "--object must be <plural>.<group> (pods.core, deployments.apps), got {}",
+                    crate::goquote::go_quote(object)
+                ),
+            )));
+        };
+        let key = (args.name.is_some() || args.namespace.is_some()).then(|| KubernetesObjectKey {
+            namespace: args.namespace.clone().unwrap_or_default(),
+            name: args.name.clone().unwrap_or_default(),
+        });
+        let reference = KubernetesObjectReference {
+            r#type: Some(KubernetesObjectType {
+                plural: plural.to_string(),
+                group: group.to_string(),
+            }),
+            key,
+            uid: args.uid.clone().unwrap_or_default(),
+        };
+        return Some(Ok(crate::plugin::ReferenceRequest {
+            reference: Some(prost_types::Any {
+                type_url: crate::plugin::KUBERNETES_OBJECT_REFERENCE_TYPE_URL.to_string(),
+                value: reference.encode_to_vec(),
+            }),
+            broker_caller_ids: callers,
+        }));
+    }
+    match (args.pid, callers.is_empty()) {
+        (Some(pid), false) => Some(match i32::try_from(pid) {
+            Ok(pid) => Ok(crate::plugin::ReferenceRequest::pid(pid, callers)),
+            Err(_) => Err(Status::new(
+                crate::status::Code::InvalidArgument,
+                format!("--pid {pid} does not fit a WorkloadPIDReference (int32)"),
+            )),
+        }),
+        _ => None,
+    }
+}
+
 /// Parses the command line, runs the subcommand and returns the process exit code.
 pub fn main() -> i32 {
     // Started by a SPIRE agent (magic cookie in the environment): plugin mode, whatever the
@@ -162,13 +232,17 @@ pub fn main() -> i32 {
             // As go-plugin's Serve does when the cookie is missing.
             return 1;
         }
-        Some(Command::Attest(args)) => match (&args.cgroup_file, args.pid) {
-            (Some(cgroup_file), _) => replay::run(cgroup_file, args.pods_file.as_deref(), &args),
-            (None, Some(pid)) => live::attest(pid, args.config.as_deref(), args.output),
+        Some(Command::Attest(args)) => match (&args.cgroup_file, args.pid, reference(&args)) {
+            (Some(cgroup_file), _, _) => replay::run(cgroup_file, args.pods_file.as_deref(), &args),
+            (None, _, Some(request)) => match request {
+                Ok(request) => live::attest_reference(request, args.config.as_deref(), args.output),
+                Err(status) => Err(Failure::text(status)),
+            },
+            (None, Some(pid), None) => live::attest(pid, args.config.as_deref(), args.output),
             // clap's `source` group requires one source.
-            (None, None) => Err(Failure::text(Status::new(
+            (None, None, None) => Err(Failure::text(Status::new(
                 crate::status::Code::InvalidArgument,
-                "attest needs a workload source: --pid, or --cgroup-file with --pods-file",
+                "attest needs a workload source: --pid, --object, or --cgroup-file with --pods-file",
             ))),
         },
         Some(Command::Explain(args)) => live::explain(&args),

@@ -74,11 +74,65 @@ pub trait WorkloadAttestor: Send + Sync + 'static {
         cancel: CancellationToken,
     ) -> impl Future<Output = Result<Vec<String>, Status>> + Send;
 
+    /// Selector values of a Broker API reference (`AttestReference`, SPIRE ≥ 1.15.2), or of a
+    /// PID whose `Attest` carried a broker caller identity. The request is handed over
+    /// undecoded: SPIRE checks the configuration, the reference's presence and the caller
+    /// before it decodes the reference, and the attestor keeps that order. Without an
+    /// override: `Unimplemented`, on which the agent falls back to `Attest` for a PID
+    /// reference (spiffe/spire `pkg/agent/plugin/workloadattestor/v1.go`, `V1.AttestReference`).
+    fn attest_reference(
+        &self,
+        request: ReferenceRequest,
+        cancel: CancellationToken,
+    ) -> impl Future<Output = Result<Vec<String>, Status>> + Send {
+        let _ = (request, cancel);
+        std::future::ready(Err(Status::new(
+            crate::status::Code::Unimplemented,
+            "AttestReference not implemented",
+        )))
+    }
+
     /// Releases resources (Init.Deinit at unload, or at exit if the host never sent it);
     /// afterwards `attest` is not called until a `configure` succeeds again. Called at most
     /// once per successful `configure` (once at most if none succeeded). Runs on a blocking
     /// thread.
     fn deinit(&self);
+}
+
+/// The gRPC metadata key that carries a Broker API caller's SPIFFE ID to the plugin
+/// (spiffe/spire `pkg/agent/broker/brokercontext/context.go`, `callerIDMetadataKey`).
+pub const BROKER_CALLER_ID_METADATA: &str = "spire-agent-broker-caller-id";
+
+/// Type URL of a `spiffe.broker.WorkloadPIDReference` in a `google.protobuf.Any`.
+pub const WORKLOAD_PID_REFERENCE_TYPE_URL: &str =
+    "type.googleapis.com/spiffe.broker.WorkloadPIDReference";
+/// Type URL of a `spiffe.broker.KubernetesObjectReference` in a `google.protobuf.Any`.
+pub const KUBERNETES_OBJECT_REFERENCE_TYPE_URL: &str =
+    "type.googleapis.com/spiffe.broker.KubernetesObjectReference";
+
+/// One `AttestReference` call (or an `Attest` with a broker caller), as received.
+#[derive(Debug, Clone, Default)]
+pub struct ReferenceRequest {
+    /// `AttestReferenceRequest.reference`; `None` when the request had none.
+    pub reference: Option<prost_types::Any>,
+    /// Every value of the [`BROKER_CALLER_ID_METADATA`] metadata, in order (none: the call
+    /// does not come from the Broker API). Non-ASCII values are kept lossily, so they fail
+    /// SPIFFE ID parsing rather than disappear.
+    pub broker_caller_ids: Vec<String>,
+}
+
+impl ReferenceRequest {
+    /// A PID reference, as SPIRE's own plugin packs an `Attest` (`k8s.go`, `Plugin.Attest`).
+    pub fn pid(pid: i32, broker_caller_ids: Vec<String>) -> ReferenceRequest {
+        use prost::Message as _;
+        ReferenceRequest {
+            reference: Some(prost_types::Any {
+                type_url: WORKLOAD_PID_REFERENCE_TYPE_URL.to_string(),
+                value: proto::broker::WorkloadPidReference { pid }.encode_to_vec(),
+            }),
+            broker_caller_ids,
+        }
+    }
 }
 
 /// Whether this process was started as a SPIRE `WorkloadAttestor` plugin.

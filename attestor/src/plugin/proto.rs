@@ -26,3 +26,9 @@ pub mod workloadattestor {
 pub mod metrics {
     tonic::include_proto!("spire.hostservice.common.metrics.v1");
 }
+
+/// `spiffe.broker`: the Broker API's workload references (go-spiffe), carried in
+/// `AttestReferenceRequest.reference`.
+pub mod broker {
+    tonic::include_proto!("spiffe.broker");
+}

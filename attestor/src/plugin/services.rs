@@ -20,7 +20,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Streaming};
 
-use super::WorkloadAttestor;
 use super::metrics::{FINAL_FLUSH_WAIT, Metrics};
 use super::proto::config::{
     ConfigureRequest, ConfigureResponse, ValidateRequest, ValidateResponse, config_server,
@@ -29,7 +28,11 @@ use super::proto::goplugin::{
     ConnInfo, Empty, StdioData, grpc_broker_server, grpc_controller_server, grpc_stdio_server,
 };
 use super::proto::init::{DeinitRequest, DeinitResponse, InitRequest, InitResponse, init_server};
-use super::proto::workloadattestor::{AttestRequest, AttestResponse, workload_attestor_server};
+use super::proto::workloadattestor::{
+    AttestReferenceRequest, AttestReferenceResponse, AttestRequest, AttestResponse,
+    workload_attestor_server,
+};
+use super::{BROKER_CALLER_ID_METADATA, ReferenceRequest, WorkloadAttestor};
 use crate::status::{Code, Status};
 
 /// Full gRPC names of the services we implement, plugin service first (as the SDK lists them).
@@ -130,7 +133,8 @@ fn join_error(op: &str, e: tokio::task::JoinError) -> Status {
 /// Cancels an attestation whose RPC was dropped (the agent gave up), and says so.
 struct CancelOnDrop {
     cancel: Option<CancellationToken>,
-    pid: i32,
+    /// The PID attested; `None` for an object reference.
+    pid: Option<i32>,
     started: Instant,
 }
 
@@ -144,10 +148,17 @@ impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         if let Some(cancel) = self.cancel.take() {
             cancel.cancel();
-            log::debug!(
-                pid = self.pid, elapsed_us = self.started.elapsed().as_micros() as u64;
-                "attest cancelled by the caller"
-            );
+            let elapsed_us = self.started.elapsed().as_micros() as u64;
+            match self.pid {
+                Some(pid) => log::debug!(
+                    pid = pid, elapsed_us = elapsed_us;
+                    "attest cancelled by the caller"
+                ),
+                None => log::debug!(
+                    elapsed_us = elapsed_us;
+                    "attest reference cancelled by the caller"
+                ),
+            }
         }
     }
 }
@@ -356,6 +367,7 @@ impl<A: WorkloadAttestor> workload_attestor_server::WorkloadAttestor for Service
         &self,
         request: Request<AttestRequest>,
     ) -> Result<Response<AttestResponse>, tonic::Status> {
+        let callers = broker_caller_ids(request.metadata());
         let pid = request.into_inner().pid;
         if !self.0.configured.load(Ordering::SeqCst) {
             return Err(tonic::Status::failed_precondition("not configured"));
@@ -366,18 +378,24 @@ impl<A: WorkloadAttestor> workload_attestor_server::WorkloadAttestor for Service
         // token and logs it (the attestation future, polled right here, is dropped with it).
         let guard = CancelOnDrop {
             cancel: Some(cancel.clone()),
-            pid,
+            pid: Some(pid),
             started,
         };
-        // Polled inline rather than spawned: a hand-off to another worker thread costs a
-        // cross-thread wake-up per call; a panic is still caught and becomes Internal.
-        let result = CatchUnwind(Box::pin(self.0.attestor.attest(pid, cancel.clone())))
+        // SPIRE's plugin serves Attest through AttestReference, so a broker caller named in
+        // the metadata gets the broker's checks on a PID too (`k8s.go`, `Plugin.Attest`).
+        // The agent's Workload API path never sets it: that path stays the plain one.
+        let result = if callers.is_empty() {
+            // Polled inline rather than spawned: a hand-off to another worker thread costs a
+            // cross-thread wake-up per call; a panic is still caught and becomes Internal.
+            caught("Attest", self.0.attestor.attest(pid, cancel.clone())).await
+        } else {
+            let request = ReferenceRequest::pid(pid, callers);
+            caught(
+                "Attest",
+                self.0.attestor.attest_reference(request, cancel.clone()),
+            )
             .await
-            .unwrap_or_else(|payload| {
-                let text = panic_text(payload.as_ref());
-                log::error!(rpc = "Attest", panic = text.as_str(); "plugin handler panicked; answering Internal");
-                Err(Status::new(Code::Internal, format!("Attest panicked: {text}")))
-            });
+        };
         guard.disarm();
         self.0.metrics.attest_done(&result, started);
         match result {
@@ -396,4 +414,75 @@ impl<A: WorkloadAttestor> workload_attestor_server::WorkloadAttestor for Service
             }
         }
     }
+
+    async fn attest_reference(
+        &self,
+        request: Request<AttestReferenceRequest>,
+    ) -> Result<Response<AttestReferenceResponse>, tonic::Status> {
+        let callers = broker_caller_ids(request.metadata());
+        let reference = request.into_inner().reference;
+        if !self.0.configured.load(Ordering::SeqCst) {
+            return Err(tonic::Status::failed_precondition("not configured"));
+        }
+        let type_url = reference
+            .as_ref()
+            .map(|r| r.type_url.clone())
+            .unwrap_or_default();
+        let started = Instant::now();
+        let cancel = CancellationToken::new();
+        let guard = CancelOnDrop {
+            cancel: Some(cancel.clone()),
+            pid: None,
+            started,
+        };
+        let request = ReferenceRequest {
+            reference,
+            broker_caller_ids: callers,
+        };
+        let result = caught(
+            "AttestReference",
+            self.0.attestor.attest_reference(request, cancel.clone()),
+        )
+        .await;
+        guard.disarm();
+        match result {
+            Ok(selector_values) => {
+                log::debug!(
+                    reference_type = type_url.as_str(), selectors = selector_values.len() as u64,
+                    elapsed_us = started.elapsed().as_micros() as u64;
+                    "reference attested"
+                );
+                Ok(Response::new(AttestReferenceResponse { selector_values }))
+            }
+            Err(s) => {
+                log::debug!(
+                    reference_type = type_url.as_str(), code = s.code_name(),
+                    error = s.message.as_str();
+                    "attest reference failed"
+                );
+                Err(s.into())
+            }
+        }
+    }
+}
+
+/// Every value of the broker caller-ID metadata (see [`ReferenceRequest`]).
+fn broker_caller_ids(metadata: &tonic::metadata::MetadataMap) -> Vec<String> {
+    metadata
+        .get_all(BROKER_CALLER_ID_METADATA)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect()
+}
+
+/// Polls an attestor call, turning a panic into `Internal` (the process keeps serving).
+async fn caught(
+    rpc: &'static str,
+    call: impl Future<Output = Result<Vec<String>, Status>>,
+) -> Result<Vec<String>, Status> {
+    CatchUnwind(Box::pin(call)).await.unwrap_or_else(|payload| {
+        let text = panic_text(payload.as_ref());
+        log::error!(rpc = rpc, panic = text.as_str(); "plugin handler panicked; answering Internal");
+        Err(Status::new(Code::Internal, format!("{rpc} panicked: {text}")))
+    })
 }

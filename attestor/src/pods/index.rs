@@ -184,6 +184,51 @@ impl PodIndex {
             .collect()
     }
 
+    /// The pod with `metadata.uid` = `uid`, decoded in full, as the Broker API's pod
+    /// reference finds it in SPIRE's UID-keyed map (`k8s.go`, `findPodByUID`): a UID listed
+    /// twice gives the later pod, as the map keeps the last one parsed.
+    pub fn pod_with_uid(&self, uid: &str) -> Result<Option<Pod>, PodsError> {
+        let e = self.state.as_ref().map_err(Clone::clone)?;
+        e.pods_with_uid(&self.body, uid)
+            .last()
+            .map(|p| self.decode(&e.pods[p]))
+            .transpose()
+    }
+
+    /// The first pod in list order named `namespace`/`name`, decoded in full (`k8s.go`,
+    /// `findPodByName`: a walk over the list, comparing only those two fields; a pod whose
+    /// metadata does not read as strings is skipped, as fastjson's `GetStringBytes` skips it).
+    pub fn pod_named(&self, namespace: &str, name: &str) -> Result<Option<Pod>, PodsError> {
+        #[derive(serde::Deserialize)]
+        struct Named<'a> {
+            #[serde(borrow, default)]
+            metadata: Option<NamedMeta<'a>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct NamedMeta<'a> {
+            #[serde(borrow, default)]
+            namespace: Option<std::borrow::Cow<'a, str>>,
+            #[serde(borrow, default)]
+            name: Option<std::borrow::Cow<'a, str>>,
+        }
+        let e = self.state.as_ref().map_err(Clone::clone)?;
+        for pod in &e.pods {
+            let bytes = &self.body[pod.start as usize..pod.end as usize];
+            let Ok(Named {
+                metadata: Some(meta),
+            }) = serde_json::from_slice::<Named<'_>>(bytes)
+            else {
+                continue;
+            };
+            if meta.namespace.as_deref().unwrap_or_default() == namespace
+                && meta.name.as_deref().unwrap_or_default() == name
+            {
+                return self.decode(pod).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
     /// Pods that yield selectors for `target`, in list order, each with its first matching
     /// status entry (search order: the lists in [`StatusList`] order, then position).
     fn candidates(
