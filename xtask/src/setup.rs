@@ -42,13 +42,51 @@ const APT_PACKAGES: &[&str] = &[
     "runc",
     "containernetworking-plugins",
     "busybox-static",
+    // tests/tests/deploy_manifests.rs: kubernetes-validate (PyPI) runs in a venv of Debian's
+    // python3 (ensure_kubernetes_validate).
+    "python3-venv",
 ];
+
+/// tests/tests/deploy_manifests.rs validates deploy/*.yaml against the Kubernetes JSON
+/// schemas (strict: unknown fields rejected) with this PyPI package, in a venv at
+/// [`KUBERNETES_VALIDATE_VENV`] under the workspace. Pinned: it ships the schemas of the
+/// Kubernetes versions up to its own (1.37.0 → Kubernetes 1.37).
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+/// The venv, relative to the workspace root (the test looks there too).
+pub const KUBERNETES_VALIDATE_VENV: &str = "target/tools/kubernetes-validate";
 
 pub fn run() -> Result<()> {
     ensure_apt_packages(APT_PACKAGES)?;
     ensure_nightly(&nightly_toolchain())?;
     ensure_bpf_linker()?;
+    ensure_kubernetes_validate()?;
     Ok(())
+}
+
+/// Installs [`KUBERNETES_VALIDATE`] into its venv unless that version is already there
+/// (Debian's python3, so that no pyenv or user site is involved; a few seconds).
+pub fn ensure_kubernetes_validate() -> Result<()> {
+    let venv = util::workspace_root().join(KUBERNETES_VALIDATE_VENV);
+    let bin = venv.join("bin/kubernetes-validate");
+    let want = KUBERNETES_VALIDATE.rsplit("==").next().unwrap_or_default();
+    if output(Command::new(&bin).arg("--version")).is_some_and(|v| v.trim() == want) {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing {KUBERNETES_VALIDATE} into {}",
+        venv.display()
+    );
+    exec(
+        Command::new("/usr/bin/python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv),
+    )?;
+    exec(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(KUBERNETES_VALIDATE),
+    )
+    .context("installing kubernetes-validate")
 }
 
 /// The nightly used for the eBPF build: `ATTESTOR_EBPF_TOOLCHAIN` or `nightly`.
