@@ -140,6 +140,22 @@ const SKIPPED: &[(&str, &str)] = &[
         "bounded reads of the CLI's input files (/dev/zero, FIFOs, directories), not kernel-facing; runs on the host",
     ),
     (
+        "apiserver",
+        "SPIRE's broker and namespace-label cases through the Go host (built with Debian's Go at test time) against the simulators; reads SPIRE's fixtures from ../shared; runs on the host",
+    ),
+    (
+        "apiserver_client",
+        "userspace API-server client against the simulator, not kernel-facing; runs on the host",
+    ),
+    (
+        "apiserver_sim",
+        "the API-server simulator's own tests, not kernel-facing; runs on the host",
+    ),
+    (
+        "deploy_manifests",
+        "schema check of deploy/*.yaml with kubernetes-validate (a venv in the source tree), not kernel-facing; runs on the host",
+    ),
+    (
         "replay_cli",
         "offline replay of files, not kernel-facing; reads SPIRE's fixtures from ../shared, which the guest has not; runs on the host",
     ),
