@@ -32,26 +32,6 @@ fn team(l: &BTreeMap<String, String>) -> Option<&str> {
     l.get("team").map(String::as_str)
 }
 
-fn pods() -> ResourceType {
-    ResourceType {
-        group: String::new(),
-        version: "v1".into(),
-        plural: "pods".into(),
-        kind: "Pod".into(),
-        namespaced: true,
-    }
-}
-
-fn namespaces() -> ResourceType {
-    ResourceType {
-        group: String::new(),
-        version: "v1".into(),
-        plural: "namespaces".into(),
-        kind: "Namespace".into(),
-        namespaced: false,
-    }
-}
-
 /// Requests with exactly this path (the sim's counters take prefixes).
 fn exact(sim: &ApiServerSim, path: &str) -> usize {
     sim.requests().iter().filter(|r| r.path == path).count()
@@ -156,7 +136,10 @@ async fn forbidden_and_not_found_read_like_client_go() {
     );
     assert_eq!(err.http_status(), Some(403));
 
-    let err = api.find_metadata_by_uid(&pods(), "u").await.unwrap_err();
+    let err = api
+        .find_metadata_by_uid(&ResourceType::pods(), "u")
+        .await
+        .unwrap_err();
     assert_eq!(
         err.to_string(),
         format!(
@@ -273,7 +256,7 @@ async fn lists_are_paged_and_uid_search_stops_when_found() {
     let last = (0..names.len()).rev().find(|i| unique(*i)).unwrap();
     sim.clear_requests();
     let found = api
-        .find_metadata_by_uid(&namespaces(), &uids[last])
+        .find_metadata_by_uid(&ResourceType::namespaces(), &uids[last])
         .await
         .unwrap()
         .unwrap();
@@ -290,7 +273,7 @@ async fn lists_are_paged_and_uid_search_stops_when_found() {
     let first = uid_of("ns-0000");
     sim.clear_requests();
     let found = api
-        .find_metadata_by_uid(&namespaces(), &first)
+        .find_metadata_by_uid(&ResourceType::namespaces(), &first)
         .await
         .unwrap();
     assert_eq!(found.unwrap().name, "ns-0000");
@@ -301,7 +284,7 @@ async fn lists_are_paged_and_uid_search_stops_when_found() {
     );
 
     assert_eq!(
-        api.find_metadata_by_uid(&namespaces(), "no-such-uid")
+        api.find_metadata_by_uid(&ResourceType::namespaces(), "no-such-uid")
             .await
             .unwrap(),
         None
@@ -396,7 +379,10 @@ async fn the_cache_syncs_follows_watches_and_relists_on_410() {
     );
 
     // The metadata of other resources comes from their own informer.
-    let meta = api.get_metadata(&pods(), "web", "web-1").await.unwrap();
+    let meta = api
+        .get_metadata(&ResourceType::pods(), "web", "web-1")
+        .await
+        .unwrap();
     assert_eq!(meta.labels.get("v").map(String::as_str), Some("1"));
     assert_eq!(exact(&sim, "/api/v1/namespaces/web/pods/web-1"), 0);
 }
@@ -420,7 +406,7 @@ async fn a_stale_cache_falls_back_to_live_requests() {
     let live = "/api/v1/namespaces/web/pods/web-1";
 
     assert_eq!(
-        api.get_metadata(&pods(), "web", "web-1")
+        api.get_metadata(&ResourceType::pods(), "web", "web-1")
             .await
             .unwrap()
             .labels["v"],
@@ -440,7 +426,7 @@ async fn a_stale_cache_falls_back_to_live_requests() {
     .unwrap();
     // Within the bound: the (now stale) store still answers.
     assert_eq!(
-        api.get_metadata(&pods(), "web", "web-1")
+        api.get_metadata(&ResourceType::pods(), "web", "web-1")
             .await
             .unwrap()
             .labels["v"],
@@ -449,7 +435,10 @@ async fn a_stale_cache_falls_back_to_live_requests() {
     assert_eq!(exact(&sim, live), 0);
 
     tokio::time::sleep(Duration::from_secs(11)).await;
-    let meta = api.get_metadata(&pods(), "web", "web-1").await.unwrap();
+    let meta = api
+        .get_metadata(&ResourceType::pods(), "web", "web-1")
+        .await
+        .unwrap();
     assert_eq!(meta.labels["v"], "2", "answered live");
     assert_eq!(exact(&sim, live), 1);
 }
@@ -510,10 +499,13 @@ async fn discovery_and_access_reviews() {
         (rt.version.as_str(), rt.kind.as_str(), rt.namespaced),
         ("v1", "Deployment", true)
     );
-    assert_eq!(api.resolve_resource("core", "pods").await.unwrap(), pods());
+    assert_eq!(
+        api.resolve_resource("core", "pods").await.unwrap(),
+        ResourceType::pods()
+    );
     assert_eq!(
         api.resolve_resource("", "namespaces").await.unwrap(),
-        namespaces()
+        ResourceType::namespaces()
     );
     let err = api.resolve_resource("apps", "widgets").await.unwrap_err();
     assert_eq!(err.to_string(), "no matches for apps/, Resource=widgets");

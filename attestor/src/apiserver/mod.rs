@@ -80,6 +80,28 @@ pub struct ResourceType {
     pub namespaced: bool,
 }
 
+impl ResourceType {
+    /// `namespaces` (core `v1`, cluster-scoped), as discovery describes it.
+    pub fn namespaces() -> ResourceType {
+        Self::core_v1("namespaces", "Namespace", false)
+    }
+
+    /// `pods` (core `v1`, namespaced), as discovery describes it.
+    pub fn pods() -> ResourceType {
+        Self::core_v1("pods", "Pod", true)
+    }
+
+    fn core_v1(plural: &str, kind: &str, namespaced: bool) -> ResourceType {
+        ResourceType {
+            group: String::new(),
+            version: "v1".to_string(),
+            plural: plural.to_string(),
+            kind: kind.to_string(),
+            namespaced,
+        }
+    }
+}
+
 /// The metadata fields the attestor uses.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ObjectMeta {
@@ -109,16 +131,6 @@ pub struct AccessReview {
     pub namespace: String,
     pub name: String,
     pub verb: String,
-}
-
-fn namespaces() -> ResourceType {
-    ResourceType {
-        group: String::new(),
-        version: "v1".into(),
-        plural: "namespaces".into(),
-        kind: "Namespace".into(),
-        namespaced: false,
-    }
 }
 
 type Labels = BTreeMap<String, String>;
@@ -164,7 +176,7 @@ impl ApiServer {
     /// namespace share one request: at most one request in flight per namespace.
     pub async fn namespace_labels(&self, namespace: &str) -> Result<Labels, ApiError> {
         wire::check_name("namespace", namespace)?;
-        let rt = namespaces();
+        let rt = ResourceType::namespaces();
         if let Some(informer) = self.informer(&rt).await
             && let Some(found) = informer.get("", namespace)
         {

@@ -367,15 +367,8 @@ impl Pipeline {
             .api
             .server()
             .map_err(|e| internal(format!("unable to create Kubernetes metadata client: {e}")))?;
-        let pods = ResourceType {
-            group: String::new(),
-            version: "v1".to_string(),
-            plural: "pods".to_string(),
-            kind: "Pod".to_string(),
-            namespaced: true,
-        };
         let meta = server
-            .find_metadata_by_uid(&pods, uid)
+            .find_metadata_by_uid(&ResourceType::pods(), uid)
             .await
             .map_err(|e| internal(format!("unable to list Pod: {e}")))?
             .ok_or_else(|| Status::new(Code::NotFound, format!("Pod with UID {uid} not found")))?;

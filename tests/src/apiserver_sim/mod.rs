@@ -47,7 +47,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-pub use crate::kubelet_sim::{CertKey, TestCa, Validity};
+pub use crate::kubelet_sim::{CertKey, Gate, TestCa, Validity};
 pub use store::ResourceDef;
 
 /// A fault injected into answers for paths starting with a prefix.
@@ -69,44 +69,6 @@ pub enum Fault {
     /// `200` with the normal body cut in half (Content-Length matches what is sent).
     Truncated,
 }
-
-/// A latch for [`Fault::Gate`]: closed when created, opened once for good.
-#[derive(Debug, Clone)]
-pub struct Gate(Arc<tokio::sync::watch::Sender<bool>>);
-
-impl Gate {
-    pub fn new() -> Gate {
-        Gate(Arc::new(tokio::sync::watch::Sender::new(false)))
-    }
-
-    /// Lets every held request (and any later one) answer.
-    pub fn open(&self) {
-        self.0.send_replace(true);
-    }
-
-    pub fn is_open(&self) -> bool {
-        *self.0.borrow()
-    }
-
-    async fn wait(&self) {
-        let mut rx = self.0.subscribe();
-        let _ = rx.wait_for(|open| *open).await;
-    }
-}
-
-impl Default for Gate {
-    fn default() -> Self {
-        Gate::new()
-    }
-}
-
-impl PartialEq for Gate {
-    fn eq(&self, other: &Gate) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-
-impl Eq for Gate {}
 
 /// One request as the server saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]

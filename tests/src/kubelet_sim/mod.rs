@@ -100,7 +100,8 @@ pub enum Fault {
     Huge { bytes: u64, declare_length: bool },
 }
 
-/// A latch for [`Fault::Hold`]: closed when created, opened once for good.
+/// A latch for [`Fault::Hold`] (and the API-server simulator's `Fault::Gate`): closed when
+/// created, opened once for good.
 #[derive(Debug, Clone)]
 pub struct Gate(Arc<tokio::sync::watch::Sender<bool>>);
 
@@ -114,7 +115,12 @@ impl Gate {
         self.0.send_replace(true);
     }
 
-    async fn wait(&self) {
+    pub fn is_open(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Until [`Gate::open`] (the API-server simulator holds requests on it too).
+    pub(crate) async fn wait(&self) {
         let mut rx = self.0.subscribe();
         let _ = rx.wait_for(|open| *open).await;
     }
