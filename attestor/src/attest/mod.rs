@@ -242,21 +242,26 @@ impl<F: FetchPods> Attestor<F> {
     /// `max_poll_attempts`, `poll_retry_interval` from `config`).
     pub fn with_fetcher(config: Config, tracker: Arc<Tracker>, fetch: F) -> Self {
         let fetcher = PodListFetcher::new(fetch, config.poll_retry_interval());
+        // Reached from the process environment on first use, as SPIRE does.
+        let api = config.enable_namespace_labels().then(|| {
+            Arc::new(ApiAccess::from_environment(
+                config.experimental_api_server_cache(),
+            ))
+        });
         Attestor {
             config,
             tracker,
             fetcher,
             runtime: None,
-            api: None,
+            api,
             memo: Mutex::new(Memo::default()),
         }
     }
 
-    /// Where `ns-label:` selectors come from when `enable_namespace_labels` is set
-    /// ([`Pipeline`] shares one with its references). Without one, a configuration asking
-    /// for namespace labels builds its own from the process environment on first use.
-    pub fn with_api(mut self, api: Option<Arc<ApiAccess>>) -> Self {
-        self.api = api;
+    /// Where `ns-label:` selectors come from when `enable_namespace_labels` is set, instead
+    /// of the process environment ([`Pipeline`] shares its own with its references).
+    pub fn with_api(mut self, api: Arc<ApiAccess>) -> Self {
+        self.api = Some(api);
         self
     }
 
@@ -458,21 +463,18 @@ impl<F: FetchPods> Attestor<F> {
             (result, _) => result?,
         };
         trace.source = Some(source);
-        if self.config.enable_namespace_labels() && !selectors.is_empty() {
+        if let Some(api) = self
+            .api
+            .as_ref()
+            .filter(|_| self.config.enable_namespace_labels())
+            && !selectors.is_empty()
+        {
             // `k8s.go` `attestByPIDReference`: the labels of the pod's namespace, fetched
             // after the pod is found; failing to get them fails the attestation.
             let namespace = selectors::value_of(&selectors, "ns:")
                 .unwrap_or_default()
                 .to_string();
             let started = Instant::now();
-            let own;
-            let api = match &self.api {
-                Some(api) => api,
-                None => {
-                    own = ApiAccess::from_environment(self.config.experimental_api_server_cache());
-                    &own
-                }
-            };
             let labels = tokio::select! {
                 biased;
                 () = &mut cancel => Err(crate::status::cancelled()),

@@ -158,7 +158,7 @@ impl Pipeline {
             None
         } else {
             Some(Arc::new(
-                Attestor::new(config.clone(), tracker.clone(), env)?.with_api(Some(api.clone())),
+                Attestor::new(config.clone(), tracker.clone(), env)?.with_api(api.clone()),
             ))
         };
         if needs_api_server(&config)
