@@ -333,6 +333,18 @@ async fn plugin_session(data: &[u8]) -> Vec<(u8, Option<i32>)> {
     transcript
 }
 
+/// Selector values in the documented shape: sorted, distinct, `<kind>:<value>` without the
+/// `k8s:` prefix (the agent adds it).
+fn check_selector_values(values: &[String]) {
+    assert!(values.windows(2).all(|w| w[0] < w[1]), "{values:?}");
+    assert!(
+        values
+            .iter()
+            .all(|v| v.contains(':') && !v.starts_with("k8s:")),
+        "{values:?}"
+    );
+}
+
 fn check_plugin_reply(
     path: &str,
     method: u8,
@@ -486,15 +498,10 @@ fn check_plugin_reply(
                 req.pid
             );
             if code == OK {
-                let values = AttestResponse::decode(response)
-                    .expect("AttestResponse")
-                    .selector_values;
-                assert!(values.windows(2).all(|w| w[0] < w[1]), "{values:?}");
-                assert!(
-                    values
-                        .iter()
-                        .all(|v| v.contains(':') && !v.starts_with("k8s:")),
-                    "{values:?}"
+                check_selector_values(
+                    &AttestResponse::decode(response)
+                        .expect("AttestResponse")
+                        .selector_values,
                 );
             }
         }
@@ -531,10 +538,11 @@ fn check_plugin_reply(
                 "{path}: {code} {message}"
             );
             if code == OK {
-                let values = AttestReferenceResponse::decode(response)
-                    .expect("AttestReferenceResponse")
-                    .selector_values;
-                assert!(values.windows(2).all(|w| w[0] < w[1]), "{values:?}");
+                check_selector_values(
+                    &AttestReferenceResponse::decode(response)
+                        .expect("AttestReferenceResponse")
+                        .selector_values,
+                );
             }
         }
         OP_SHUTDOWN => {
