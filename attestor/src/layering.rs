@@ -13,6 +13,7 @@ const ORDER: &[&str] = &[
     "status",
     "goquote",
     "boundedfile",
+    "install",
     "config",
     "cgroupfs",
     "plugin",

@@ -52,6 +52,7 @@ pub mod boundedfile;
 pub mod cgroupfs;
 pub mod config;
 pub mod goquote;
+pub mod install;
 pub mod status;
 // The one corner with `unsafe` (the crate root denies it everywhere else).
 #[allow(unsafe_code)]

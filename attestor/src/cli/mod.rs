@@ -11,6 +11,7 @@ use crate::status::Status;
 
 mod check_config;
 mod input;
+mod install;
 mod live;
 mod logger;
 mod plugin;
@@ -42,6 +43,14 @@ enum Command {
         /// The plugin_data file; `-` reads stdin. At most 1 MiB.
         #[arg(value_name = "FILE")]
         file: PathBuf,
+    },
+    /// Copy this binary to DEST (atomically, read back and checked) and print its sha256:
+    /// what the DaemonSet's init container runs from the FROM-scratch image.
+    Install {
+        /// Where the SPIRE agent starts the plugin (`plugin_cmd`), e.g.
+        /// /opt/spire/plugins/attestor. Its directory must exist.
+        #[arg(value_name = "DEST")]
+        dest: PathBuf,
     },
 }
 
@@ -248,6 +257,7 @@ pub fn main() -> i32 {
         Some(Command::Explain(args)) => live::explain(&args),
         Some(Command::CheckConfig { file }) => check_config::run(&file),
         Some(Command::Resolve(args)) => resolve::run(&args),
+        Some(Command::Install { dest }) => install::run(&dest),
     };
     match result {
         Ok(()) => 0,
