@@ -5,8 +5,10 @@
 
 mod bench;
 mod build_ebpf;
+mod cross;
 mod demo;
 mod deny;
+mod dist;
 mod fuzz;
 mod pid_reuse;
 mod setup;
@@ -48,8 +50,12 @@ enum Command {
     Deny(deny::Options),
     /// 1,000 concurrent attestations through the plugin for 10 minutes (CI runs 30 s).
     Soak(soak::Options),
-    /// Kernel-facing tests in qemu (TCG) on Debian's 5.10, 6.1 (+ BPF LSM off) and 6.12.
+    /// Kernel-facing tests in qemu (TCG) on Debian's kernels: amd64 5.10, 6.1 (+ BPF LSM off),
+    /// 6.12; arm64 5.10, 6.1, 6.12 (--arch, --kernels, --ci).
     VmTest(vm::Options),
+    /// Release artifacts in target/dist: static musl binaries (amd64, arm64), SHA256SUMS, a
+    /// multi-arch OCI image (layout tar) and deploy/ rendered with its digest, reproducibly.
+    Dist(dist::Options),
 }
 
 fn main() {
@@ -65,6 +71,7 @@ fn main() {
         Command::FuzzReplay(opts) => fuzz::run(&opts),
         Command::Deny(opts) => deny::run(&opts),
         Command::PidReuse(opts) => pid_reuse::run(&opts),
+        Command::Dist(opts) => dist::run(&opts),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

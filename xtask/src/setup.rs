@@ -32,6 +32,9 @@ const APT_PACKAGES: &[&str] = &[
     "golang-github-hashicorp-go-hclog-dev",
     "golang-google-grpc-dev",
     "golang-goprotobuf-dev",
+    // tests/tests/deploy_image.rs: the Go host reads agent.conf with HCL v1, as the SPIRE
+    // agent does (tests/go-host/agentconfig.go).
+    "golang-github-hashicorp-hcl-dev",
     // `cargo xtask bench podlist`: the SPIRE baseline (tests/go-spire-podlist) parses the
     // kubelet's /pods body with fastjson, as SPIRE's k8s attestor does (1.6.3 in bookworm).
     "golang-github-valyala-fastjson-dev",

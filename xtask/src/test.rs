@@ -3,7 +3,7 @@
 use anyhow::{Result, bail};
 
 use crate::util::{self, cargo, exec};
-use crate::{build_ebpf, deny, setup, vm};
+use crate::{build_ebpf, deny, dist, setup, vm};
 
 #[derive(clap::Args, Default)]
 pub struct Options {
@@ -49,6 +49,16 @@ fn run_phases(opts: &Options, phases: &mut Phases) -> Result<()> {
     phases.time("build", || {
         exec(cargo().args(["test", "--workspace", "--no-run"]))
     })?;
+    phases.time("dist", || {
+        // The release artifacts: tests/tests/deploy_image.rs runs the image's init container
+        // through CRI and loads what it installs. Shares the musl builds with the VM phase.
+        dist::run(&dist::Options {
+            out: None,
+            image_repo: "attestor".into(),
+            tag: None,
+            check_reproducible: false,
+        })
+    })?;
     phases.time("host tests", || {
         // Includes tests/tests/fuzz_corpus.rs, the corpus replay (`cargo xtask fuzz-replay`).
         let mut cmd = cargo();
@@ -63,6 +73,9 @@ fn run_phases(opts: &Options, phases: &mut Phases) -> Result<()> {
         vm::run(&vm::Options {
             kernels: Vec::new(),
             timeout: 600,
+            // Every amd64 kernel and the arm64 ones of vm::CI_ARM64_KERNELS (time budget).
+            ci: true,
+            ..Default::default()
         })
     })
 }
