@@ -744,9 +744,18 @@ func (h *host) kill() result {
 
 func main() {
 	path := flag.String("plugin", "", "path of the plugin binary")
+	agentConf := flag.String("agent-config", "", "print the WorkloadAttestor \"k8s\" entry of this agent configuration as JSON and exit")
 	flag.Parse()
+	if *agentConf != "" {
+		r, err := agentPlugin(*agentConf, pluginType, "k8s")
+		if err != nil {
+			r = result{"error": err.Error()}
+		}
+		json.NewEncoder(os.Stdout).Encode(r)
+		return
+	}
 	if *path == "" {
-		fmt.Fprintln(os.Stderr, "usage: attestor-go-host -plugin <path>  (JSON commands on stdin)")
+		fmt.Fprintln(os.Stderr, "usage: attestor-go-host -plugin <path>  (JSON commands on stdin) | -agent-config <file>")
 		os.Exit(2)
 	}
 	logs := newLogCapture()

@@ -11,6 +11,7 @@ pub mod demo;
 pub mod expect;
 pub mod go_host;
 pub mod kubelet_sim;
+pub mod manifests;
 pub mod pidns;
 pub mod podgen;
 pub mod runc;

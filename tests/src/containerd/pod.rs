@@ -95,6 +95,12 @@ pub struct ContainerSpec {
     pub command: Vec<String>,
     /// For [`Kind::Ephemeral`]: the container whose PID namespace it joins.
     pub target: Option<String>,
+    /// Volumes, as the kubelet passes them to CRI (host path, container path, read-only).
+    pub mounts: Vec<api::Mount>,
+    /// The kubelet's translation of the container's `securityContext`
+    /// (`readOnlyRootFilesystem`, `allowPrivilegeEscalation: false`, `capabilities.drop`);
+    /// its namespace options are set by [`Pod::start`].
+    pub security: api::LinuxContainerSecurityContext,
 }
 
 /// What the API server knows about the pod.
@@ -170,7 +176,14 @@ impl PodSpec {
             kind,
             command: command.iter().map(|s| (*s).to_owned()).collect(),
             target: None,
+            mounts: Vec::new(),
+            security: Default::default(),
         });
+        self
+    }
+    /// Adds a fully specified container (mounts, security context).
+    pub fn with_container(mut self, c: ContainerSpec) -> Self {
+        self.containers.push(c);
         self
     }
 }
@@ -334,6 +347,8 @@ impl Pod {
             kind: Kind::Ephemeral,
             command: command.iter().map(|s| (*s).to_owned()).collect(),
             target: target.map(Into::into),
+            mounts: Vec::new(),
+            security: Default::default(),
         });
     }
 
@@ -487,9 +502,10 @@ impl Pod {
                 }),
                 security_context: Some(api::LinuxContainerSecurityContext {
                     namespace_options: Some(ns_option(pid_mode, &target_id)),
-                    ..Default::default()
+                    ..spec.security.clone()
                 }),
             }),
+            mounts: spec.mounts.clone(),
             ..Default::default()
         };
         let id = cd
